@@ -1,0 +1,502 @@
+"""The monotone scaling group (paper Sec. 4.1 and A2.2), batched and differentiable.
+
+A monotone scaling is a map ``l : [0, 1]² → [0, 1]²`` built from one increasing piecewise-linear
+function per grid row (for x) and one per grid column (for y), joined by linear interpolation
+(A27–A29).  Inside each grid cell ``l`` is therefore bilinear, and ``l`` is fully described by the
+positions of the grid's nodes.  That is the representation used here:
+
+    ``phi``: tensor ``(B, 2, gy + 1, gx + 1)``; ``phi[:, 0, j, n]`` is the x-knot ``ϕ^{y_j}_{x_n}`` of
+    row ``j`` and ``phi[:, 1, j, n]`` the y-knot ``ϕ^{x_n}_{y_j}`` of column ``n``.  Valid ``phi``
+    have ``phi[:, 0]`` increasing along ``n`` from 0 to 1 and ``phi[:, 1]`` increasing along ``j``
+    from 0 to 1.  This is the layout of the paper's own code (its ``get_coarse_adaptive_grid``).
+
+Convention (the paper's code and ``DESIGN.md``): ``warp(x, phi)(p) = x(l(p))`` — output pixel
+``p`` reads the input at ``l(p)``; ``unwarp(x, phi)(q) = x(l⁻¹(q))`` undoes it.  (The paper's
+Eq. 8 writes S with ``l⁻¹``; its ``l`` is our ``inverse(phi)``.)  Where the nodes of ``phi`` are
+squeezed together the warp magnifies content: the local scale factor of ``warp`` in an output
+region is ``1 / sqrt(det J_l)`` (see :func:`cell_scale`).
+
+The family of node grids is not closed under composition or inversion: :func:`compose` and
+:func:`inverse` compute the exact map and project it onto the family by least squares.  ``unwarp``
+does *not* go through that approximation: it inverts ``l`` point by point, starting from the
+paper's per-row/per-column inverse (A2.2, exact only when all rows share one function) and
+refining with Newton steps on ``l(q) = p``, so ``unwarp(warp(x))`` equals ``x`` up to resampling.
+
+All coordinates are in ``[0, 1]`` with ``(0, 0)`` the top-left corner of the image and pixel
+``(i, j)`` centred at ``((j + 0.5) / W, (i + 0.5) / H)``; points are ``(..., 2)`` tensors in
+``(x, y)`` order.  Images/feature maps are ``(B, C, H, W)`` with any ``C``, ``H``, ``W``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "cell_jacobian",
+    "cell_scale",
+    "compose",
+    "evaluate",
+    "from_logits",
+    "grid_shape",
+    "identity",
+    "inverse",
+    "invert_points",
+    "is_valid",
+    "jacobian",
+    "pixel_centers",
+    "sample",
+    "to_logits",
+    "unwarp",
+    "warp",
+]
+
+Grid = int | tuple[int, int]
+
+
+def _grid(grid: Grid) -> tuple[int, int]:
+    gy, gx = (grid, grid) if isinstance(grid, int) else grid
+    if gy < 1 or gx < 1:
+        raise ValueError(f"grid must have at least one cell per axis, got {grid!r}")
+    return int(gy), int(gx)
+
+
+def grid_shape(phi: Tensor) -> tuple[int, int]:
+    """Number of grid cells ``(gy, gx)`` of ``phi`` ``(B, 2, gy + 1, gx + 1)``."""
+    if phi.dim() != 4 or phi.shape[1] != 2 or phi.shape[2] < 2 or phi.shape[3] < 2:
+        raise ValueError(f"phi must have shape (B, 2, gy + 1, gx + 1), got {tuple(phi.shape)}")
+    return phi.shape[2] - 1, phi.shape[3] - 1
+
+
+def _nodes(gy: int, gx: int, *, device=None, dtype=None) -> Tensor:
+    """Identity node positions ``(2, gy + 1, gx + 1)``."""
+    ys = torch.linspace(0, 1, gy + 1, device=device, dtype=dtype)
+    xs = torch.linspace(0, 1, gx + 1, device=device, dtype=dtype)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx, yy])
+
+
+def _displacement(phi: Tensor) -> Tensor:
+    """``phi`` minus the identity nodes: exactly zero for the identity, which keeps it exact."""
+    gy, gx = grid_shape(phi)
+    return phi - _nodes(gy, gx, device=phi.device, dtype=phi.dtype)
+
+
+def identity(b: int, grid: Grid = 4, *, device=None, dtype=None) -> Tensor:
+    """The identity element, ``(b, 2, gy + 1, gx + 1)``."""
+    gy, gx = _grid(grid)
+    return _nodes(gy, gx, device=device, dtype=dtype).expand(b, -1, -1, -1).clone()
+
+
+def from_logits(logits_x: Tensor, logits_y: Tensor) -> Tensor:
+    """Unconstrained parametrisation → valid ``phi`` (for networks that predict ``phi``).
+
+    ``logits_x``: ``(B, gy + 1, gx)``, one logit per interval of each row function;
+    ``logits_y``: ``(B, gx + 1, gy)``, one per interval of each column function.  Increments are
+    ``softmax(logits)`` (positive, summing to 1), knots their cumulative sum with the ends pinned
+    at exactly 0 and 1.  Zero logits give the identity.
+    """
+    def knots(logits: Tensor) -> Tensor:
+        inc = torch.softmax(logits, dim=-1)
+        inner = torch.cumsum(inc[..., :-1], dim=-1)
+        zeros = torch.zeros_like(inc[..., :1])
+        return torch.cat([zeros, inner, torch.ones_like(zeros)], dim=-1)
+
+    if logits_x.dim() != 3 or logits_y.dim() != 3:
+        raise ValueError("logits must be (B, gy + 1, gx) and (B, gx + 1, gy)")
+    b, ry, gx = logits_x.shape
+    if logits_y.shape != (b, gx + 1, ry - 1):
+        raise ValueError(
+            f"logits_y must have shape {(b, gx + 1, ry - 1)} to match logits_x {tuple(logits_x.shape)}"
+        )
+    return torch.stack([knots(logits_x), knots(logits_y).transpose(1, 2)], dim=1)
+
+
+def to_logits(phi: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`from_logits` (logits up to a per-row constant; ``phi`` must be valid)."""
+    grid_shape(phi)
+    inc_x = phi[:, 0].diff(dim=-1)
+    inc_y = phi[:, 1].transpose(1, 2).diff(dim=-1)
+    tiny = torch.finfo(phi.dtype).tiny
+    return inc_x.clamp_min(tiny).log(), inc_y.clamp_min(tiny).log()
+
+
+def sample(
+    b: int,
+    grid: Grid = 4,
+    strength: float = 0.25,
+    generator: torch.Generator | None = None,
+    *,
+    device=None,
+    dtype=None,
+) -> Tensor:
+    """Draw ``b`` scalings from Ω, the uniform distribution the metrics and Aug use.
+
+    Each interval logit is drawn uniformly from ``[0, 3 * strength]`` and mapped through
+    :func:`from_logits`; this is the distribution of the paper's code with
+    ``warping_strength = strength``.  Every per-axis slope of ``l`` then lies in
+    ``[exp(-3 * strength), exp(3 * strength)]``, so ``strength`` bounds the local scale range
+    (``strength = 0`` is the identity).  Draws whose map would fold (non-positive Jacobian
+    determinant somewhere) are redrawn; a strength so large that this keeps happening raises.
+    """
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    gy, gx = _grid(grid)
+    dtype = dtype or torch.get_default_dtype()
+
+    def draw(n: int) -> Tensor:
+        lx = torch.rand(n, gy + 1, gx, generator=generator, device=device, dtype=dtype)
+        ly = torch.rand(n, gx + 1, gy, generator=generator, device=device, dtype=dtype)
+        return from_logits(lx * (3 * strength), ly * (3 * strength))
+
+    phi = draw(b)
+    for _ in range(100):
+        bad = ~is_valid(phi)
+        if not bad.any():
+            return phi
+        phi[bad] = draw(int(bad.sum()))
+    raise ValueError(f"strength {strength} is too large: sampled scalings keep folding over")
+
+
+def _cells(d: Tensor, q: Tensor, with_jacobian: bool = False):
+    """Bilinear interpolation of node values ``d`` ``(B, 2, ny, nx)`` at points ``q`` ``(B, N, 2)``.
+
+    Returns ``value`` ``(B, 2, N)`` and, if asked, the partial derivatives ``d/dx`` and ``d/dy``
+    (each ``(B, 2, N)``) of the interpolant, in units of ``[0, 1]`` coordinates.
+    """
+    b, _, ny, nx = d.shape
+    gy, gx = ny - 1, nx - 1
+    sx = q[..., 0] * gx
+    sy = q[..., 1] * gy
+    cx = sx.detach().floor().clamp(0, gx - 1)
+    cy = sy.detach().floor().clamp(0, gy - 1)
+    u = (sx - cx).unsqueeze(1)
+    v = (sy - cy).unsqueeze(1)
+    i00 = (cy.long() * nx + cx.long()).unsqueeze(1).expand(b, 2, -1)
+    flat = d.reshape(b, 2, ny * nx)
+    c00 = flat.gather(2, i00)
+    c01 = flat.gather(2, i00 + 1)
+    c10 = flat.gather(2, i00 + nx)
+    c11 = flat.gather(2, i00 + nx + 1)
+    top = c00 + u * (c01 - c00)
+    bottom = c10 + u * (c11 - c10)
+    value = top + v * (bottom - top)
+    if not with_jacobian:
+        return value
+    ddx = gx * ((c01 - c00) + v * ((c11 - c10) - (c01 - c00)))
+    ddy = gy * (bottom - top)
+    return value, ddx, ddy
+
+
+def _flatten_points(phi: Tensor, q: Tensor) -> tuple[Tensor, torch.Size]:
+    if q.shape[-1] != 2:
+        raise ValueError(f"points must be (..., 2), got {tuple(q.shape)}")
+    shape = q.shape
+    q = q.expand(phi.shape[0], *shape[1:]) if shape[0] == 1 and phi.shape[0] != 1 else q
+    return q.reshape(q.shape[0], -1, 2), q.shape
+
+
+def evaluate(phi: Tensor, q: Tensor) -> Tensor:
+    """``l(q)`` for points ``q`` ``(B, ..., 2)`` in ``[0, 1]²``; same shape as ``q``."""
+    flat, shape = _flatten_points(phi, q)
+    return (flat + _cells(_displacement(phi), flat).transpose(1, 2)).reshape(shape)
+
+
+def jacobian(phi: Tensor, q: Tensor) -> Tensor:
+    """Jacobian ``dl/dq`` ``(B, ..., 2, 2)`` at points ``q`` ``(B, ..., 2)``; rows are (x, y) outputs."""
+    flat, shape = _flatten_points(phi, q)
+    _, ddx, ddy = _cells(_displacement(phi), flat, with_jacobian=True)
+    return _jacobian_matrix(ddx, ddy).reshape(*shape, 2)
+
+
+def _jacobian_matrix(ddx: Tensor, ddy: Tensor) -> Tensor:
+    """``(B, N, 2, 2)`` Jacobian of ``q + D(q)`` from the displacement derivatives ``(B, 2, N)``."""
+    jac = torch.stack([ddx, ddy], dim=-1).transpose(1, 2)  # (B, N, 2 outputs, 2 inputs)
+    return jac + torch.eye(2, dtype=jac.dtype, device=jac.device)
+
+
+def _solve2(jac: Tensor, rhs: Tensor) -> Tensor:
+    """Solve ``jac @ s = rhs`` for ``(B, N, 2, 2)`` and ``(B, N, 2)``, guarding tiny determinants."""
+    a, b_ = jac[..., 0, 0], jac[..., 0, 1]
+    c, d = jac[..., 1, 0], jac[..., 1, 1]
+    det = a * d - b_ * c
+    eps = torch.finfo(jac.dtype).eps
+    det = torch.where(det.abs() < eps, torch.full_like(det, eps), det)
+    r0, r1 = rhs[..., 0], rhs[..., 1]
+    return torch.stack([(d * r0 - b_ * r1) / det, (a * r1 - c * r0) / det], dim=-1)
+
+
+def _invert_rows(knots: Tensor) -> Tensor:
+    """Exact inverse of each 1-D piecewise-linear function, resampled at its own uniform knots.
+
+    ``knots`` ``(B, R, K)``: increasing from 0 to 1 along the last dim.  Returns the knots of the
+    inverse functions on the same uniform grid, ``(B, R, K)``.
+    """
+    k = knots.shape[-1]
+    t = torch.linspace(0, 1, k, device=knots.device, dtype=knots.dtype)
+    idx = torch.searchsorted(knots.detach().contiguous(), t.expand(*knots.shape[:-1], k).contiguous(), right=True)
+    idx = (idx - 1).clamp(0, k - 2)
+    lo = knots.gather(-1, idx)
+    hi = knots.gather(-1, idx + 1)
+    span = (hi - lo).clamp_min(torch.finfo(knots.dtype).tiny)
+    inv = t[idx] + (t - lo) / span * (1.0 / (k - 1))
+    # Pin the ends: the inverse fixes 0 and 1 exactly.
+    inv = torch.cat([torch.zeros_like(inv[..., :1]), inv[..., 1:-1], torch.ones_like(inv[..., :1])], dim=-1)
+    return inv
+
+
+def _paper_inverse(phi: Tensor) -> Tensor:
+    """The paper's inverse (A2.2): invert every row and column function on its own."""
+    x_inv = _invert_rows(phi[:, 0])
+    y_inv = _invert_rows(phi[:, 1].transpose(1, 2)).transpose(1, 2)
+    return torch.stack([x_inv, y_inv], dim=1)
+
+
+def invert_points(
+    phi: Tensor, p: Tensor, *, max_steps: int = 12, tol: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Solve ``l(q) = p`` for every point: returns ``q`` (shape of ``p``) and the residual.
+
+    Starts from the paper's per-row/per-column inverse and takes Newton steps (``l`` is bilinear
+    per cell, its Jacobian positive definite for valid ``phi``) until ``max |l(q) - p| <= tol``
+    (default: 1e-6 in float32, 1e-12 in float64) or ``max_steps``.  Gradients w.r.t. ``phi`` use
+    the implicit function theorem (one Newton step with a detached Jacobian at the solution), not
+    backpropagation through the iterations.  The residual ``(B,)`` is the max over points of
+    ``|l(q) - p|`` at the last iterate, in ``[0, 1]`` units.
+    """
+    flat, shape = _flatten_points(phi, p)
+    if tol is None:
+        tol = 1e-12 if phi.dtype == torch.float64 else 1e-6
+    disp = _displacement(phi)
+    with torch.no_grad():
+        d_nodes = disp.detach()
+
+        def residual_at(q: Tensor) -> Tensor:  # l(q) - p, (B, N, 2)
+            return q - flat + _cells(d_nodes, q).transpose(1, 2)
+
+        start = _displacement(_paper_inverse(phi.detach()))
+        q = (flat + _cells(start, flat).transpose(1, 2)).clamp(0, 1)
+        res = residual_at(q)
+        norm = res.norm(dim=-1)
+        for _ in range(max_steps):
+            if norm.max() <= tol:
+                break
+            _, ddx, ddy = _cells(d_nodes, q, with_jacobian=True)
+            step = _solve2(_jacobian_matrix(ddx, ddy), res)
+            # Backtracking: a full Newton step can overshoot across cell borders; halve it per
+            # point until the residual drops, so the iteration never diverges.
+            pending = norm > tol
+            t = torch.ones_like(norm)
+            for _ in range(10):
+                cand = (q - t.unsqueeze(-1) * step).clamp(0, 1)
+                cand_res = residual_at(cand)
+                cand_norm = cand_res.norm(dim=-1)
+                take = pending & (cand_norm < norm)
+                q = torch.where(take.unsqueeze(-1), cand, q)
+                res = torch.where(take.unsqueeze(-1), cand_res, res)
+                norm = torch.where(take, cand_norm, norm)
+                pending = pending & ~take
+                if not pending.any():
+                    break
+                t = torch.where(pending, t * 0.5, t)
+        err = norm.amax(dim=1)
+        delta = q - flat
+    # Implicit-function step: value unchanged at convergence, gradient -J⁻¹ ∂l/∂phi.
+    q = (flat + delta).clamp(0, 1)
+    delta = q - flat
+    d, ddx, ddy = _cells(disp, q, with_jacobian=True)
+    residual = delta + d.transpose(1, 2)
+    delta = delta - _solve2(_jacobian_matrix(ddx, ddy).detach(), residual)
+    return (flat + delta).reshape(shape), err
+
+
+def pixel_centers(h: int, w: int, *, device=None, dtype=None) -> Tensor:
+    """Pixel centres ``(1, h, w, 2)`` in ``[0, 1]`` coordinates, (x, y) order."""
+    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
+    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx, yy], dim=-1).unsqueeze(0)
+
+
+def _resample(x: Tensor, delta: Tensor, mode: str) -> Tensor:
+    """Read ``x`` ``(B, C, H, W)`` at pixel centre + ``delta`` ``(B, H, W, 2)`` ([0, 1] units).
+
+    Bilinear (or nearest) with border replication.  Coordinates are formed as integer pixel index
+    plus offset, so a zero offset reads the pixel exactly (``grid_sample`` does not: its
+    normalised coordinates round).
+    """
+    b, c, h, w = x.shape
+    sx = torch.arange(w, device=x.device, dtype=delta.dtype) + delta[..., 0] * w
+    sy = torch.arange(h, device=x.device, dtype=delta.dtype).unsqueeze(1) + delta[..., 1] * h
+    if mode == "nearest":
+        sx, sy = sx.round(), sy.round()
+    elif mode != "bilinear":
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    x0 = sx.detach().floor()
+    y0 = sy.detach().floor()
+    wx = (sx - x0).unsqueeze(1).to(x.dtype)
+    wy = (sy - y0).unsqueeze(1).to(x.dtype)
+    x0, y0 = x0.long(), y0.long()
+    xa, xb = x0.clamp(0, w - 1), (x0 + 1).clamp(0, w - 1)
+    ya, yb = y0.clamp(0, h - 1), (y0 + 1).clamp(0, h - 1)
+    flat = x.reshape(b, c, h * w)
+
+    def read(yy: Tensor, xx: Tensor) -> Tensor:
+        idx = (yy * w + xx).reshape(b, 1, h * w).expand(b, c, h * w)
+        return flat.gather(2, idx).reshape(b, c, h, w)
+
+    top = read(ya, xa)
+    top = top + wx * (read(ya, xb) - top)
+    bottom = read(yb, xa)
+    bottom = bottom + wx * (read(yb, xb) - bottom)
+    return top + wy * (bottom - top)
+
+
+def _check_pair(x: Tensor, phi: Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"x must be (B, C, H, W), got {tuple(x.shape)}")
+    grid_shape(phi)
+    if phi.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"batch sizes differ: x has {x.shape[0]}, phi has {phi.shape[0]}")
+
+
+def warp(x: Tensor, phi: Tensor, *, mode: str = "bilinear") -> Tensor:
+    """``S(x; phi)``: output pixel ``p`` reads ``x`` at ``l(p)``.  ``(B, C, H, W)`` → same shape."""
+    _check_pair(x, phi)
+    p = pixel_centers(*x.shape[-2:], device=x.device, dtype=phi.dtype)
+    flat, _ = _flatten_points(phi, p.expand(phi.shape[0], -1, -1, -1))
+    delta = _cells(_displacement(phi), flat).transpose(1, 2).reshape(phi.shape[0], *x.shape[-2:], 2)
+    return _resample(x, delta.expand(x.shape[0], -1, -1, -1), mode)
+
+
+def unwarp(x: Tensor, phi: Tensor, *, mode: str = "bilinear", max_steps: int = 12) -> Tensor:
+    """``S⁻¹(x; phi)``: output pixel ``q`` reads ``x`` at ``l⁻¹(q)`` (Newton-refined inverse)."""
+    _check_pair(x, phi)
+    p = pixel_centers(*x.shape[-2:], device=x.device, dtype=phi.dtype).expand(phi.shape[0], -1, -1, -1)
+    q, _ = invert_points(phi, p, max_steps=max_steps)
+    return _resample(x, (q - p).expand(x.shape[0], -1, -1, -1), mode)
+
+
+def _project(nodes: Tensor) -> Tensor:
+    """Clamp node grids to valid ``phi``: ends pinned, x increasing along rows, y along columns."""
+    x = nodes[:, 0].clamp(0, 1).cummax(dim=-1).values
+    y = nodes[:, 1].clamp(0, 1).cummax(dim=-2).values
+    x = torch.cat([torch.zeros_like(x[..., :1]), x[..., 1:-1], torch.ones_like(x[..., :1])], dim=-1)
+    y = torch.cat([torch.zeros_like(y[..., :1, :]), y[..., 1:-1, :], torch.ones_like(y[..., :1, :])], dim=-2)
+    return torch.stack([x, y], dim=1)
+
+
+def _basis(pts: Tensor, gy: int, gx: int) -> Tensor:
+    """Bilinear weights ``(N, gy + 1, gx + 1)`` of every node at points ``pts`` ``(N, 2)``."""
+    n, nx = pts.shape[0], gx + 1
+    sx, sy = pts[:, 0] * gx, pts[:, 1] * gy
+    cx, cy = sx.floor().clamp(0, gx - 1), sy.floor().clamp(0, gy - 1)
+    u, v = sx - cx, sy - cy
+    i00 = cy.long() * nx + cx.long()
+    idx = torch.stack([i00, i00 + 1, i00 + nx, i00 + nx + 1], dim=1)
+    wts = torch.stack([(1 - u) * (1 - v), u * (1 - v), (1 - u) * v, u * v], dim=1)
+    out = torch.zeros(n, (gy + 1) * nx, dtype=pts.dtype, device=pts.device)
+    return out.scatter_add_(1, idx, wts).reshape(n, gy + 1, nx)
+
+
+def _fit_points(phi: Tensor) -> Tensor:
+    """Dense points ``(N, 2)`` (8 per cell and axis) on which :func:`_fit` projects a map."""
+    gy, gx = grid_shape(phi)
+    return pixel_centers(8 * gy, 8 * gx, device=phi.device, dtype=phi.dtype).reshape(-1, 2)
+
+
+def _fit(pts: Tensor, targets: Tensor, gy: int, gx: int) -> Tensor:
+    """Least-squares projection onto the family of a map sampled as ``targets`` ``(B, N, 2)``.
+
+    Solves for the free node displacements (the boundary knots stay pinned at 0 and 1) that
+    minimise ``sum |l_fit(pts) - targets|²``; linear in the nodes, so one pseudo-inverse serves
+    the batch and gradients flow to ``targets``.
+    """
+    basis = _basis(pts, gy, gx)
+    disp = targets - pts
+    nodes = _nodes(gy, gx, device=pts.device, dtype=pts.dtype).expand(targets.shape[0], -1, -1, -1).clone()
+    free_x = basis[:, :, 1:-1].reshape(len(pts), -1)
+    free_y = basis[:, 1:-1, :].reshape(len(pts), -1)
+    if gx > 1:
+        nodes[:, 0, :, 1:-1] += (torch.linalg.pinv(free_x) @ disp[..., 0:1]).reshape(-1, gy + 1, gx - 1)
+    if gy > 1:
+        nodes[:, 1, 1:-1, :] += (torch.linalg.pinv(free_y) @ disp[..., 1:2]).reshape(-1, gy - 1, gx + 1)
+    return _project(nodes)
+
+
+def compose(a: Tensor, b: Tensor) -> Tensor:
+    """``a · b = l_a ∘ l_b``, projected onto ``a``'s grid; ``warp(x, compose(a, b))`` ≈
+    ``warp(warp(x, a), b)``.
+
+    The node-grid family is not closed under composition, so the exact composite is sampled
+    densely and projected by least squares (:func:`_fit`); the result is always valid-monotone.
+    """
+    gy, gx = grid_shape(a)
+    pts = _fit_points(a)
+    batch = pts.expand(max(a.shape[0], b.shape[0]), -1, -1)
+    return _fit(pts, evaluate(a, evaluate(b, batch)), gy, gx)
+
+
+def inverse(phi: Tensor, *, method: str = "newton") -> Tensor:
+    """Group inverse on the same grid.
+
+    ``method="newton"``: the exact ``l⁻¹`` (:func:`invert_points`) sampled densely and projected
+    onto the family by least squares; ``"paper"``: the paper's per-row/per-column 1-D inverse
+    (A2.2), exact only when all rows share one function and all columns share one.
+    """
+    if method == "paper":
+        return _paper_inverse(phi)
+    if method != "newton":
+        raise ValueError(f"method must be 'newton' or 'paper', got {method!r}")
+    gy, gx = grid_shape(phi)
+    pts = _fit_points(phi)
+    q, _ = invert_points(phi, pts.expand(phi.shape[0], -1, -1))
+    return _fit(pts, q, gy, gx)
+
+
+def is_valid(phi: Tensor, *, atol: float = 1e-6) -> Tensor:
+    """``(B,)`` bool: ends pinned at 0 and 1, strictly increasing knots, no fold (det J > 0).
+
+    ``l`` is bilinear per cell, so its Jacobian determinant is affine in each cell and positive
+    everywhere iff it is positive at the four corners of every cell.
+    """
+    gy, gx = grid_shape(phi)
+    x, y = phi[:, 0], phi[:, 1]
+    ends = (
+        (x[..., 0].abs() <= atol).all(-1)
+        & ((x[..., -1] - 1).abs() <= atol).all(-1)
+        & (y[:, 0, :].abs() <= atol).all(-1)
+        & ((y[:, -1, :] - 1).abs() <= atol).all(-1)
+    )
+    increasing = (x.diff(dim=-1) > 0).flatten(1).all(-1) & (y.diff(dim=-2) > 0).flatten(1).all(-1)
+    ys = torch.linspace(0, 1, gy + 1, device=phi.device, dtype=phi.dtype)
+    xs = torch.linspace(0, 1, gx + 1, device=phi.device, dtype=phi.dtype)
+    # Evaluate each cell's Jacobian at its own corners (nudged inside to pick the cell).
+    nudge = 1e-3 / max(gx, gy)
+    cx = torch.cat([xs[:-1] + nudge, xs[1:] - nudge])
+    cy = torch.cat([ys[:-1] + nudge, ys[1:] - nudge])
+    yy, xx = torch.meshgrid(cy, cx, indexing="ij")
+    pts = torch.stack([xx, yy], dim=-1).expand(phi.shape[0], -1, -1, -1)
+    det = torch.linalg.det(jacobian(phi, pts))
+    return ends & increasing & (det > 0).flatten(1).all(-1)
+
+
+def cell_jacobian(phi: Tensor) -> Tensor:
+    """Mean Jacobian of ``l`` over each grid cell, ``(B, gy, gx, 2, 2)`` (its value at the centre)."""
+    gy, gx = grid_shape(phi)
+    ys = (torch.arange(gy, device=phi.device, dtype=phi.dtype) + 0.5) / gy
+    xs = (torch.arange(gx, device=phi.device, dtype=phi.dtype) + 0.5) / gx
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    centres = torch.stack([xx, yy], dim=-1).expand(phi.shape[0], -1, -1, -1)
+    return jacobian(phi, centres)
+
+
+def cell_scale(phi: Tensor) -> Tensor:
+    """Local scale factor of ``warp(·, phi)`` per grid cell of the output, ``(B, gy, gx)``.
+
+    ``s = 1 / sqrt(det J_l)``: content in that region appears ``s`` times larger (linear size)
+    than in the input; 1 for the identity.  Use it to bin data and metrics by local scale.
+    """
+    det = torch.linalg.det(cell_jacobian(phi))
+    return det.clamp_min(torch.finfo(phi.dtype).tiny).rsqrt()
+
