@@ -1,0 +1,251 @@
+"""The ``lsbench`` command line: parses options, calls one library function, shows progress.
+
+User mistakes surface as one ``error: ...`` line on stderr and a non-zero exit code (1; 130
+after Ctrl-C/SIGTERM), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .errors import Interrupted, LsbenchError
+
+app = typer.Typer(
+    help="lsbench: local-scale robustness for vision — datasets, models, metrics, leaderboard.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+generate_app = typer.Typer(help="Generate a locally scaled dataset as WebDataset shards.", no_args_is_help=True)
+app.add_typer(generate_app, name="generate")
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)  # errors stay one line, whatever the terminal width
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(Text("error: ", style="bold red") + Text(message))
+    raise typer.Exit(code)
+
+
+def user_errors(fn):
+    """Turn library exceptions for user mistakes into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Interrupted as e:
+            _fail(str(e), 130)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except LsbenchError as e:
+            _fail(str(e))
+
+    return wrapper
+
+
+class RateColumn(ProgressColumn):
+    """Items per second."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} {task.fields.get('unit', 'it')}/s" if speed else "", style="progress.data.speed")
+
+
+@contextmanager
+def progress_bar(description: str, quiet: bool, unit: str = "img"):
+    """Yields a ``(done, total)`` callback driving a rich bar (rate, ETA), or a no-op if quiet."""
+    if quiet:
+        yield None
+        return
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
+    bar = Progress(*columns, console=err_console, transient=False)
+    task = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:  # start on first report, so option errors print without an empty bar
+            bar.start()
+            task = bar.add_task(description, total=total, unit=unit)
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        bar.stop()
+
+
+def _log(quiet: bool):
+    return None if quiet else (lambda msg: err_console.print(Text(msg, style="dim")))
+
+
+def _scale_range(values: list[float]) -> tuple[float, float]:
+    if len(values) != 2:
+        raise typer.BadParameter("give two numbers: --scale-range MIN MAX")
+    return values[0], values[1]
+
+
+@generate_app.command("mnist")
+@user_errors
+def generate_mnist(
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (or resume)."),
+    mnist_dir: Path | None = typer.Option(
+        None, help="Folder with the MNIST idx files (*-idx3-ubyte[.gz]); default: the embedded 5,000 real digits."
+    ),
+    digits: int = typer.Option(3, help="Digits per image, 1–4 (10**K classes; 1 gives a 10-class task)."),
+    size: int | None = typer.Option(None, help="Image side in px (default 224; the tiles layout uses 70*K)."),
+    scale_range: tuple[float, float] = typer.Option((0.4, 2.0), help="Per-digit scale factor range MIN MAX."),
+    train: int = typer.Option(6000, help="Number of train images."),
+    test: int = typer.Option(50000, help="Number of test images, counting every variant of every group."),
+    variants: int = typer.Option(4, help="Scaled variants per test group, besides the reference."),
+    brackets: bool = typer.Option(False, help="Also write the scale-bracket test splits [0.4,1], [1,2], [2,3]."),
+    bracket_count: int = typer.Option(10000, help="Images per bracket split."),
+    layout: str = typer.Option("reading", help="'reading' (digits left to right, wrapping) or 'tiles' (paper code)."),
+    seed: int = typer.Option(0, help="Seed: the same command gives byte-identical shards."),
+    workers: int = typer.Option(1, help="Local worker processes (shards are split between them)."),
+    shard_size: int = typer.Option(1000, help="Samples per shard (rounded down to whole groups)."),
+    overwrite: bool = typer.Option(False, help="Replace a different dataset already in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
+) -> None:
+    """Locally scaled MNIST (paper Sec. 5.2): K-digit numbers, each digit its own scale."""
+    from .generators import mnist
+
+    with progress_bar("mnist-ls", quiet) as update:
+        result = mnist.generate(
+            out, mnist_dir=mnist_dir, digits=digits, size=size, scale_range=_scale_range(list(scale_range)),
+            train=train, test=test, variants=variants, brackets=brackets, bracket_count=bracket_count,
+            layout=layout, seed=seed, workers=workers, shard_size=shard_size, overwrite=overwrite,
+            progress=update, log=_log(quiet),
+        )
+    if not quiet:
+        state = "complete" if result.complete else "this rank's shards done; run `lsbench merge-manifests` when all ranks finish"
+        console.print(
+            f"{result.directory}: {result.samples:,} samples, {result.shards_written} shards written, "
+            f"{result.shards_reused} reused ({state})"
+        )
+
+
+@app.command()
+@user_errors
+def validate(
+    directory: Path = typer.Argument(..., help="Dataset folder."),
+    images: bool = typer.Option(True, help="Decode every image (--no-images: checksums, schema, counts only)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Check checksums, schema, counts and groups; list every problem (exit 1 if any)."""
+    from .shards import validate as run_validation
+
+    problems = run_validation(directory, check_images=images)
+    if problems:
+        for p in problems:
+            err_console.print(Text("problem: ", style="bold red") + Text(p))
+        _fail(f"{directory}: {len(problems)} problem(s) found")
+    if not quiet:
+        console.print(f"{directory}: valid")
+
+
+@app.command()
+@user_errors
+def info(
+    directory: Path = typer.Argument(..., help="Dataset folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Splits, counts, sizes and generator config of a dataset."""
+    from .shards import summarize
+
+    summary = summarize(directory)
+    if as_json:
+        console.print_json(json.dumps(summary))
+        return
+    console.print(
+        f"[bold]{summary['name']}[/bold]  generator={summary['generator']}  lsbench {summary['lsbench_version']}  "
+        f"created {summary['created']}  {'complete' if summary['complete'] else '[red]incomplete[/red]'}"
+    )
+    table = Table("split", "samples", "groups", "group size", "shards", "size")
+    for split, s in sorted(summary["splits"].items()):
+        table.add_row(split, f"{s['samples']:,}", f"{s['groups']:,}", str(s["group_size"]), s["shards"],
+                      f"{s['bytes'] / 1e6:.1f} MB")
+    console.print(table)
+    console.print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["config"].items())), highlight=False)
+    console.print(f"manifest sha256: {summary['manifest_sha256']}")
+
+
+@app.command()
+@user_errors
+def preview(
+    directory: Path = typer.Argument(..., help="Dataset folder."),
+    out: Path = typer.Option(Path("sheet.png"), "--out", "-o", help="PNG to write."),
+    split: str | None = typer.Option(None, help="Split to show (default: test)."),
+    n: int = typer.Option(16, "-n", help="Number of samples."),
+) -> None:
+    """Contact sheet of N samples with labels, scale factors and boxes drawn on."""
+    from .preview import contact_sheet
+
+    console.print(f"wrote {contact_sheet(directory, out, split=split, n=n)}")
+
+
+@app.command("merge-manifests")
+@user_errors
+def merge_manifests(directory: Path = typer.Argument(..., help="Dataset folder written by several ranks.")) -> None:
+    """Join the partial manifests of a multi-node (RANK/WORLD_SIZE or SLURM) run into manifest.json."""
+    from .generators.runner import merge_manifests as merge
+
+    console.print(f"wrote {merge(directory)}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"lsbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """lsbench: local-scale robustness for vision."""
+
+
+def _sigterm(signum, frame):  # kill/SIGTERM behaves like Ctrl-C: finished shards are kept
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _sigterm)
+    app()
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,1 @@
+"""Dataset generators: each writes a dataset folder following :mod:`lsbench.shards`."""

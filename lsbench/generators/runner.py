@@ -1,0 +1,291 @@
+"""Build a dataset folder shard by shard: resumable, atomic, parallel, multi-node.
+
+Every generator describes its dataset as splits of numbered samples and a picklable function
+that produces the samples of one shard (:class:`~lsbench.shards.ShardSpec`) from the config
+alone.  This module does the rest, the same way for every generator:
+
+- work is partitioned by shard: local worker processes (``workers``) and, across machines,
+  ``RANK``/``WORLD_SIZE`` (torchrun) or ``SLURM_PROCID``/``SLURM_NTASKS``; rank ``r`` of ``w``
+  owns shards ``r, r + w, ...`` and writes its own partial manifest, which
+  :func:`merge_manifests` joins;
+- a rerun with the same config verifies finished shards by size and sha256 and redoes only the
+  rest; a different config is refused unless ``overwrite``;
+- Ctrl-C / SIGTERM / a full disk keep every finished shard and leave no partial file.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, DatasetError, Interrupted
+from ..shards import (
+    MANIFEST,
+    SHARD_RE,
+    TMP_MARK,
+    ShardRecord,
+    ShardSpec,
+    new_manifest,
+    plan_shards,
+    read_manifest,
+    remove_stale_temporaries,
+    sha256_file,
+    split_entry,
+    write_json_atomic,
+    write_shard,
+)
+
+MakeShard = Callable[[ShardSpec], Iterable[dict[str, Any]]]
+Progress = Callable[[int, int], None]  # (samples finished, samples total) for this process
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """One split: ``num_samples`` samples in groups of ``group_size`` (``grouped``: has references)."""
+
+    name: str
+    num_samples: int
+    group_size: int = 1
+    grouped: bool = False
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    directory: Path
+    manifest: Path
+    shards_written: int
+    shards_reused: int
+    samples: int
+    complete: bool
+
+
+def distributed_rank(env: dict[str, str] | None = None) -> tuple[int, int]:
+    """``(rank, world_size)`` from torchrun (``RANK``/``WORLD_SIZE``) or SLURM variables; else (0, 1)."""
+    env = os.environ if env is None else env
+    for rank_var, world_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if world_var in env:
+            try:
+                rank, world = int(env.get(rank_var, "0")), int(env[world_var])
+            except ValueError as e:
+                raise ConfigError(f"{rank_var}/{world_var} must be integers, got {env.get(rank_var)!r}/{env[world_var]!r}") from e
+            if world < 1 or not 0 <= rank < world:
+                raise ConfigError(f"{rank_var}={rank} is not a valid rank for {world_var}={world}")
+            return rank, world
+    return 0, 1
+
+
+def part_manifest_name(rank: int, world: int) -> str:
+    return f"manifest.rank{rank:05d}-of-{world:05d}.json"
+
+
+def _known_manifests(out: Path) -> list[Path]:
+    return sorted(p for p in [out / MANIFEST, *out.glob("manifest.rank*-of-*.json")] if p.is_file())
+
+
+def _identity(manifest: dict[str, Any]) -> tuple:
+    return manifest.get("generator"), manifest.get("config"), manifest.get("seed")
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _clear(out: Path) -> None:
+    """Remove lsbench's own files (shards, manifests, temporaries) and nothing else."""
+    for p in out.iterdir():
+        if p.is_file() and (SHARD_RE.match(p.name) or p.name.startswith("manifest") or TMP_MARK in p.name):
+            p.unlink()
+
+
+def _verified_records(out: Path, manifests: list[dict[str, Any]]) -> dict[str, ShardRecord]:
+    """Shard records from existing manifests whose file is present with the listed size and hash."""
+    records: dict[str, ShardRecord] = {}
+    for manifest in manifests:
+        for entry in manifest["splits"].values():
+            for rec in entry.get("shards", []):
+                path = out / rec["name"]
+                if (
+                    path.is_file()
+                    and path.stat().st_size == rec["bytes"]
+                    and sha256_file(path) == rec["sha256"]
+                ):
+                    records[rec["name"]] = ShardRecord(**rec)
+    return records
+
+
+def _produce(make_shard: MakeShard, out: Path, spec: ShardSpec) -> ShardRecord:
+    return write_shard(out / spec.name, make_shard(spec))
+
+
+def _ignore_sigint() -> None:
+    # Workers let the parent handle Ctrl-C: it stops handing out shards and lets the running
+    # ones finish (each is atomic), so nothing is left half-written.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def build(
+    out: Path,
+    *,
+    name: str,
+    generator: str,
+    config: dict[str, Any],
+    seed: int,
+    splits: list[SplitPlan],
+    shard_size: int,
+    make_shard: MakeShard,
+    workers: int = 1,
+    overwrite: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Generate (or finish) the dataset in ``out``; see the module docstring for the guarantees."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if rank is None or world_size is None:
+        rank, world_size = distributed_rank()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+
+    existing: list[dict[str, Any]] = []
+    for path in _known_manifests(out):
+        try:
+            existing.append(read_manifest(out, path.name))
+        except DatasetError:
+            if not overwrite:
+                raise DatasetError(f"{path} is unreadable; pass --overwrite to replace the dataset in {out}") from None
+    manifest = new_manifest(name, generator, config, seed)
+    different = [m for m in existing if _identity(m) != _identity(manifest)]
+    if different and not overwrite:
+        changed = _config_diff(different[0].get("config", {}), config) or ["generator/seed"]
+        raise DatasetError(
+            f"{out} holds a different dataset (differs in: {', '.join(changed)}); "
+            "pass --overwrite to replace it or choose another --out"
+        )
+    if not existing and not overwrite and any(out.iterdir()):
+        raise DatasetError(f"{out} is not empty and is not an lsbench dataset; choose an empty or new --out folder")
+    if overwrite:
+        _clear(out)
+        existing = []
+
+    specs = [
+        spec
+        for plan in splits
+        for spec in plan_shards(plan.name, plan.num_samples, shard_size, plan.group_size)
+    ]
+    by_split = {plan.name: [s for s in specs if s.split == plan.name] for plan in splits}
+    mine = [s for i, s in enumerate(specs) if i % world_size == rank]
+    records = _verified_records(out, existing)
+    todo = [s for s in mine if s.name not in records]
+    manifest_path = out / (MANIFEST if world_size == 1 else part_manifest_name(rank, world_size))
+    manifest["shard_size"] = shard_size
+    if world_size > 1:
+        manifest["rank"], manifest["world_size"] = rank, world_size
+
+    owned = {s.name for s in mine}
+
+    def save(complete: bool) -> None:
+        keep = records if world_size == 1 else {k: v for k, v in records.items() if k in owned}
+        manifest["splits"] = {
+            plan.name: split_entry(plan.num_samples, plan.group_size, plan.grouped, by_split[plan.name], keep)
+            for plan in splits
+        }
+        manifest["complete"] = complete
+        write_json_atomic(manifest_path, manifest)
+
+    total = sum(s.count for s in mine)
+    done = total - sum(s.count for s in todo)
+    reused = len(mine) - len(todo)
+    save(complete=not todo)
+    if progress:
+        progress(done, total)
+
+    def finished(rec: ShardRecord) -> None:
+        nonlocal done
+        records[rec.name] = rec
+        done += rec.num_samples
+        save(complete=len([s for s in mine if s.name in records]) == len(mine))
+        if progress:
+            progress(done, total)
+
+    try:
+        if workers == 1 or len(todo) <= 1:
+            for spec in todo:
+                finished(_produce(make_shard, out, spec))
+        else:
+            _run_pool(make_shard, out, todo, workers, finished)
+    except KeyboardInterrupt:
+        save(complete=False)
+        raise Interrupted(
+            f"interrupted: {len(records)} finished shards are kept in {out}; rerun the same command to resume"
+        ) from None
+    return BuildResult(out, manifest_path, len(todo), reused, total, manifest["complete"])
+
+
+def _run_pool(make_shard: MakeShard, out: Path, todo: list[ShardSpec], workers: int, finished) -> None:
+    ctx = mp.get_context("spawn")  # no inherited threads/locks (torch may be imported in the parent)
+    with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_ignore_sigint) as pool:
+        futures = [pool.submit(_produce, make_shard, out, spec) for spec in todo]
+        try:
+            for fut in cf.as_completed(futures):
+                finished(fut.result())
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            # Shards already running finish atomically; record them so a rerun need not redo them.
+            cf.wait([f for f in futures if not f.cancelled()])
+            for fut in futures:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    try:
+                        finished(fut.result())
+                    except Exception:  # noqa: BLE001 - best effort while unwinding
+                        pass
+            raise
+
+
+def merge_manifests(out: Path) -> Path:
+    """Join the partial manifests written by ``world_size`` ranks into ``manifest.json``.
+
+    Refuses (one clear line) when parts disagree on the dataset, or a rank's shards are missing.
+    """
+    out = Path(out)
+    parts = sorted(out.glob("manifest.rank*-of-*.json"))
+    if not parts:
+        raise DatasetError(f"{out} has no partial manifests (manifest.rankNNNNN-of-NNNNN.json) to merge")
+    manifests = [read_manifest(out, p.name) for p in parts]
+    first = manifests[0]
+    world = first.get("world_size")
+    if any(_identity(m) != _identity(first) or m.get("world_size") != world for m in manifests):
+        raise DatasetError(f"the partial manifests in {out} describe different datasets; regenerate them")
+    ranks = sorted(m.get("rank") for m in manifests)
+    if ranks != list(range(world)):
+        missing = sorted(set(range(world)) - set(ranks))
+        raise DatasetError(f"{out}: manifests of ranks {missing} of {world} are missing; run those ranks first")
+    records = _verified_records(out, manifests)
+    merged = dict(first)
+    for key in ("rank", "world_size"):
+        merged.pop(key, None)
+    merged["splits"] = {}
+    for split, entry in first["splits"].items():
+        specs = plan_shards(split, entry["num_samples"], first["shard_size"], entry["group_size"])
+        absent = [s.name for s in specs if s.name not in records]
+        if absent:
+            raise DatasetError(
+                f"{out}: {len(absent)} shards of split {split!r} are missing or corrupt (first: {absent[0]}); "
+                "rerun the ranks that own them"
+            )
+        merged["splits"][split] = split_entry(entry["num_samples"], entry["group_size"], entry["grouped"], specs, records)
+    merged["complete"] = True
+    write_json_atomic(out / MANIFEST, merged)
+    for p in parts:
+        p.unlink()
+    return out / MANIFEST
