@@ -103,7 +103,8 @@ def progress_bar(description: str, quiet: bool, unit: str = "img"):
     try:
         yield update
     finally:
-        bar.stop()
+        if task is not None:
+            bar.stop()
 
 
 def _log(quiet: bool):
