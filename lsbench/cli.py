@@ -150,7 +150,10 @@ def generate_mnist(
             progress=update, log=_log(quiet),
         )
     if not quiet:
-        state = "complete" if result.complete else "this rank's shards done; run `lsbench merge-manifests` when all ranks finish"
+        state = (
+            "complete" if result.complete
+            else "this rank's shards done; run `lsbench merge-manifests` when all ranks finish"
+        )
         console.print(
             f"{result.directory}: {result.samples:,} samples, {result.shards_written} shards written, "
             f"{result.shards_reused} reused ({state})"

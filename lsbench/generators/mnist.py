@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
-from ..shards import ShardSpec
+from ..shards import ShardSpec, encode_png
 from . import mnist_idx
 from .runner import BuildResult, Progress, SplitPlan, build
 
@@ -112,7 +111,9 @@ def check_config(cfg: MnistConfig) -> None:
     if cfg.brackets and cfg.bracket_count < 1:
         raise ConfigError(f"--bracket-count must be at least 1, got {cfg.bracket_count}")
     if cfg.variants < 1:
-        raise ConfigError(f"--variants must be at least 1 (the reference plus at least one scaled variant), got {cfg.variants}")
+        raise ConfigError(
+            f"--variants must be at least 1 (the reference plus at least one scaled variant), got {cfg.variants}"
+        )
     counts = [("--test", cfg.test)] + ([("--bracket-count", cfg.bracket_count)] if cfg.brackets else [])
     for opt, value in counts:
         if value % cfg.group_size:
@@ -220,12 +221,6 @@ def render(digit_images: list[np.ndarray], scales: list[float], cfg: MnistConfig
     return canvas, px, boxes, inks, extra
 
 
-def _encode_png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def _split_setup(cfg: MnistConfig, split: str) -> tuple[str, float, float, bool]:
     """(MNIST source split, scale lo, scale hi, grouped) for one of our splits."""
     if split == "train":
@@ -276,7 +271,7 @@ def make_group(cfg: MnistConfig, split: str, group: int) -> list[dict[str, Any]]
             "source": {"dataset": src.source, "split": source_split, "indices": [int(i) for i in indices]},
             **extra,
         }
-        samples.append({"__key__": f"{group:07d}_{variant:02d}", "png": _encode_png(canvas), "cls": label, "json": meta})
+        samples.append({"__key__": f"{group:07d}_{variant:02d}", "png": encode_png(canvas), "cls": label, "json": meta})
     return samples
 
 

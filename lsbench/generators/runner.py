@@ -73,7 +73,9 @@ def distributed_rank(env: dict[str, str] | None = None) -> tuple[int, int]:
             try:
                 rank, world = int(env.get(rank_var, "0")), int(env[world_var])
             except ValueError as e:
-                raise ConfigError(f"{rank_var}/{world_var} must be integers, got {env.get(rank_var)!r}/{env[world_var]!r}") from e
+                raise ConfigError(
+                    f"{rank_var}/{world_var} must be integers, got {env.get(rank_var)!r}/{env[world_var]!r}"
+                ) from e
             if world < 1 or not 0 <= rank < world:
                 raise ConfigError(f"{rank_var}={rank} is not a valid rank for {world_var}={world}")
             return rank, world
@@ -233,7 +235,8 @@ def build(
 
 def _run_pool(make_shard: MakeShard, out: Path, todo: list[ShardSpec], workers: int, finished) -> None:
     ctx = mp.get_context("spawn")  # no inherited threads/locks (torch may be imported in the parent)
-    with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_ignore_sigint) as pool:
+    n = min(workers, len(todo))
+    with cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_ignore_sigint) as pool:
         futures = [pool.submit(_produce, make_shard, out, spec) for spec in todo]
         try:
             for fut in cf.as_completed(futures):
@@ -283,7 +286,9 @@ def merge_manifests(out: Path) -> Path:
                 f"{out}: {len(absent)} shards of split {split!r} are missing or corrupt (first: {absent[0]}); "
                 "rerun the ranks that own them"
             )
-        merged["splits"][split] = split_entry(entry["num_samples"], entry["group_size"], entry["grouped"], specs, records)
+        merged["splits"][split] = split_entry(
+            entry["num_samples"], entry["group_size"], entry["grouped"], specs, records
+        )
     merged["complete"] = True
     write_json_atomic(out / MANIFEST, merged)
     for p in parts:

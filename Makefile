@@ -1,0 +1,41 @@
+# lsbench — `make demo` and `make test` set up everything they need in a local .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+LSB    := $(VENV)/bin/lsbench
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo-out
+
+.PHONY: install demo test test-fast lint perf clean
+
+# torch/torchvision are pinned to the builds that work on CPU here (timm imports torchvision);
+# numpy stays < 2 for bpy (the [gso] extra).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(LSB) generate mnist --out $(DEMO)/mnist-ls --train 1000 --test 500 --shard-size 250 --workers 2
+	$(LSB) validate $(DEMO)/mnist-ls
+	$(LSB) info $(DEMO)/mnist-ls
+	$(LSB) preview $(DEMO)/mnist-ls --out $(DEMO)/mnist-ls-preview.png -n 20
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lsbench tests perf tools
+
+test: $(STAMP) lint
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+perf: $(STAMP)
+	$(PY) perf/generate_mnist.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -1,0 +1,193 @@
+"""Shared fixtures for the dataset tests: tiny generated datasets, fake MNIST idx files, CLI helpers."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lsbench.generators import mnist
+
+# A tiny 3-digit MNIST-LS: 2 train shards of 10, 5 test shards of 2 groups of 5.  Under a second.
+TINY = dict(digits=3, size=112, scale_range=(0.4, 2.0), train=20, test=50, shard_size=10)
+TINY_CLI = ["--digits", "3", "--size", "112", "--train", "20", "--test", "50", "--shard-size", "10"]
+
+LSBENCH = str(Path(sys.executable).with_name("lsbench"))  # the real console script of this venv
+DIST_VARS = ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "WORKER", "NUM_WORKERS", "LOCAL_RANK")
+
+
+@pytest.fixture(autouse=True)
+def _no_distributed_env(monkeypatch):
+    """Tests run as a single process unless they set RANK/WORLD_SIZE themselves (even under SLURM)."""
+    for var in DIST_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def generate_tiny(out: Path, **overrides):
+    """Generate the tiny dataset (library call, quiet) into ``out``; returns the BuildResult."""
+    return mnist.generate(out, **{**TINY, **overrides})
+
+
+def subprocess_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env["COLUMNS"] = "200"
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A valid tiny dataset, generated once per session.  Read-only: copy it before changing it."""
+    out = tmp_path_factory.mktemp("tiny") / "ds"
+    generate_tiny(out)
+    for p in out.iterdir():
+        p.chmod(0o444)
+    return out
+
+
+@pytest.fixture
+def tiny_copy(tiny_dataset, tmp_path) -> Path:
+    """A writable copy of :func:`tiny_dataset` for tests that damage it."""
+    dst = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, dst)
+    for p in dst.iterdir():
+        p.chmod(0o644)
+    return dst
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shard_files(directory: Path) -> dict[str, bytes]:
+    """Every shard file in a folder: name → bytes."""
+    return {p.name: p.read_bytes() for p in sorted(Path(directory).glob("*.tar"))}
+
+
+def shard_records(directory: Path, manifest: str = "manifest.json") -> dict[str, list[dict]]:
+    """Per split, the shard records listed in a manifest."""
+    return {split: entry["shards"] for split, entry in read_json(Path(directory) / manifest)["splits"].items()}
+
+
+def temporaries(directory: Path) -> list[str]:
+    return sorted(p.name for p in Path(directory).iterdir() if ".tmp-" in p.name)
+
+
+# --------------------------------------------------------------------------- fake MNIST idx files
+
+
+def idx_bytes(array: np.ndarray, *, magic: int | None = None, dims: tuple[int, ...] | None = None) -> bytes:
+    """The standard idx encoding (as tools/make_mnist_asset.py writes it); override magic or header dims."""
+    array = np.asarray(array, dtype=np.uint8)
+    magic = 0x0800 | array.ndim if magic is None else magic
+    dims = array.shape if dims is None else dims
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + array.tobytes()
+
+
+def write_idx(
+    path: Path,
+    array: np.ndarray,
+    *,
+    magic: int | None = None,
+    dims: tuple[int, ...] | None = None,
+    truncate: int = 0,
+    gz: bool | None = None,
+    truncate_gz: int = 0,
+) -> Path:
+    """Write one idx file.  ``truncate`` drops bytes of the payload, ``truncate_gz`` of the gzip stream.
+
+    ``gz`` defaults to whether ``path`` ends in ``.gz``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = idx_bytes(array, magic=magic, dims=dims)
+    if truncate:
+        data = data[:-truncate]
+    if gz is None:
+        gz = path.suffix == ".gz"
+    if gz:
+        data = gzip.compress(data, mtime=0)
+        if truncate_gz:
+            data = data[:-truncate_gz]
+    path.write_bytes(data)
+    return path
+
+
+def fake_digits(n: int, labels: list[int] | np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random 28×28 'digits' (a bright blob on black) and their labels."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    images[:, 6:22, 8:20] = rng.integers(1, 256, size=(n, 16, 12), dtype=np.uint8)
+    return images, np.resize(np.asarray(labels, dtype=np.uint8), n)
+
+
+def write_fake_mnist(
+    folder: Path,
+    *,
+    n_train: int = 30,
+    n_test: int = 20,
+    train_labels=range(10),
+    test_labels=range(10),
+    gz: bool = True,
+) -> Path:
+    """The four standard MNIST idx files, in ``folder``; returns it."""
+    folder = Path(folder)
+    ext = ".gz" if gz else ""
+    for prefix, n, labels, seed in (("train", n_train, train_labels, 1), ("t10k", n_test, test_labels, 2)):
+        images, lab = fake_digits(n, list(labels), seed)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", lab)
+    return folder
+
+
+@pytest.fixture
+def fake_mnist(tmp_path) -> Path:
+    """A folder with small but well-formed gzipped MNIST idx files (30 train, 20 test digits)."""
+    return write_fake_mnist(tmp_path / "mnist")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def cli():
+    """Invoke ``lsbench`` in-process: ``cli("validate", DIR)`` → click Result (stdout/stderr apart)."""
+    from lsbench.cli import app
+
+    runner = CliRunner(env={"COLUMNS": "200"})
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+def assert_user_error(result, *needles: str, code: int = 1) -> str:
+    """The CLI failed as a user mistake: exit ``code``, exactly one ``error: ...`` line, no traceback.
+
+    Returns the error line; each of ``needles`` must appear in it.
+    """
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"unexpected exception escaped the CLI: {result.exception!r}"
+    )
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0] == lines[-1], result.stderr
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
