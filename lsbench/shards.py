@@ -118,52 +118,72 @@ def encode_sample(sample: dict[str, Any]) -> dict[str, bytes | str]:
     return out
 
 
-class _HashingFile(io.RawIOBase):
-    """Write-through file wrapper that hashes and counts what is written."""
+_BLOCK = 512
+_RECORD = 20 * _BLOCK
 
-    def __init__(self, f):
-        self._f = f
-        self.sha = hashlib.sha256()
-        self.size = 0
 
-    def writable(self) -> bool:
-        return True
+def _field(text: str, length: int) -> bytes:
+    data = text.encode()
+    if len(data) >= length:
+        raise DatasetError(f"tar member name {text!r} is too long")
+    return data + b"\0" * (length - len(data))
 
-    def write(self, b) -> int:
-        self._f.write(b)
-        self.sha.update(b)
-        self.size += len(b)
-        return len(b)
+
+def _octal(value: int, length: int) -> bytes:
+    return b"%0*o\0" % (length - 1, value)
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """USTAR header of a regular file: mode 0444, owner ``lsbench``, uid/gid 0, mtime 0.
+
+    Byte-identical to what ``tarfile`` writes for the same ``TarInfo`` in ``USTAR_FORMAT``
+    (tested), at a fraction of the cost; fixed fields make shards reproducible.
+    """
+    owner = _field("lsbench", 32)
+    head = b"".join((
+        _field(name, 100), _octal(0o444, 8), _octal(0, 8), _octal(0, 8), _octal(size, 12), _octal(0, 12),
+        b" " * 8, b"0", b"\0" * 100, b"ustar\x0000", owner, owner, b"\0" * 16, b"\0" * 155,
+    ))
+    head += b"\0" * (_BLOCK - len(head))
+    checksum = sum(head)  # the checksum field counts as 8 spaces
+    return head[:148] + b"%06o\0 " % checksum + head[156:]
 
 
 def write_shard(path: Path, samples: Iterable[dict[str, Any]]) -> ShardRecord:
     """Write ``samples`` to ``path`` atomically and deterministically; return its record.
 
-    Members are ``key.field`` in sorted field order with mtime 0, owner ``lsbench`` and mode
-    0444, so the same samples always give the same bytes.  The file appears under its final name
+    Members are ``key.field`` in sorted field order (USTAR, mtime 0, owner ``lsbench``, mode
+    0444), so the same samples always give the same bytes.  The file appears under its final name
     only once complete; on any error (including a full disk) the temporary file is removed.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     count = 0
+    sha = hashlib.sha256()
+    size = 0
     try:
-        with open(tmp, "wb") as raw:
-            hashed = _HashingFile(raw)
-            with tarfile.open(fileobj=hashed, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-                for sample in samples:
-                    encoded = encode_sample(sample)
-                    key = encoded.pop("__key__")
-                    for field in sorted(encoded):
-                        data = encoded[field]
-                        info = tarfile.TarInfo(f"{key}.{field}")
-                        info.size = len(data)
-                        info.mtime = 0
-                        info.mode = 0o444
-                        info.uname = info.gname = "lsbench"
-                        tar.addfile(info, io.BytesIO(data))
-                    count += 1
-            raw.flush()
-            os.fsync(raw.fileno())
+        with open(tmp, "wb") as f:
+            for sample in samples:
+                encoded = encode_sample(sample)
+                key = encoded.pop("__key__")
+                buf = bytearray()
+                for field in sorted(encoded):
+                    data = encoded[field]
+                    buf += tar_header(f"{key}.{field}", len(data))
+                    buf += data
+                    buf += b"\0" * (-len(data) % _BLOCK)
+                f.write(buf)
+                sha.update(buf)
+                size += len(buf)
+                count += 1
+            # End of archive: two zero blocks, padded to a whole record (as tarfile does).
+            tail = b"\0" * (2 * _BLOCK)
+            tail += b"\0" * (-(size + len(tail)) % _RECORD)
+            f.write(tail)
+            sha.update(tail)
+            size += len(tail)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -176,7 +196,7 @@ def write_shard(path: Path, samples: Iterable[dict[str, Any]]) -> ShardRecord:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return ShardRecord(path.name, count, hashed.sha.hexdigest(), hashed.size)
+    return ShardRecord(path.name, count, sha.hexdigest(), size)
 
 
 def sha256_file(path: Path) -> str:
@@ -351,11 +371,11 @@ def to_torch(sample: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     out = dict(sample)
-    img = torch.from_numpy(np.ascontiguousarray(sample["image"]))
+    img = torch.from_numpy(np.array(sample["image"], copy=True))  # decoded arrays may be read-only
     img = img.unsqueeze(0) if img.dim() == 2 else img.permute(2, 0, 1)
     out["image"] = img.float().div_(255)
     if "mask" in sample:
-        out["mask"] = torch.from_numpy(np.ascontiguousarray(sample["mask"])).long()
+        out["mask"] = torch.from_numpy(np.array(sample["mask"], copy=True)).long()
     return out
 
 
