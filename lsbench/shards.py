@@ -207,9 +207,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete temporary shard files left by a killed run; returns what was removed."""
-    stale = [p for p in Path(directory).glob(f".*{TMP_MARK}*") if p.is_file()]
+def remove_stale_temporaries(directory: Path, names: set[str] | None = None) -> list[Path]:
+    """Delete temporary files left by a killed run (only those of shard ``names`` if given)."""
+    stale = [
+        p
+        for p in Path(directory).glob(f".*{TMP_MARK}*")
+        if p.is_file() and (names is None or p.name[1:].split(TMP_MARK)[0] in names)
+    ]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

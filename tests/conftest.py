@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
 import gzip
 import hashlib
 import json
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from lsbench import shards as lsbench_shards
 from lsbench.generators import mnist
 
 # A tiny 3-digit MNIST-LS: 2 train shards of 10, 5 test shards of 2 groups of 5.  Under a second.
@@ -156,6 +159,51 @@ def write_fake_mnist(
 def fake_mnist(tmp_path) -> Path:
     """A folder with small but well-formed gzipped MNIST idx files (30 train, 20 test digits)."""
     return write_fake_mnist(tmp_path / "mnist")
+
+
+# --------------------------------------------------------------------------- failures
+
+
+class _DoomedFile:
+    """A real file whose first write stores half the bytes and then fails with ``OSError(err)``."""
+
+    def __init__(self, f, err: int):
+        self._f, self._err = f, err
+
+    def write(self, b) -> int:
+        self._f.write(bytes(b)[: len(b) // 2])
+        raise OSError(self._err, os.strerror(self._err))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def fail_nth_shard(mp: pytest.MonkeyPatch, n: int, err: int = errno.ENOSPC):
+    """Make the ``n``-th shard file this process opens (1-based) fail with ``OSError(err)`` mid-write.
+
+    Shadows ``open`` inside :mod:`lsbench.shards` only (the writer opens its temporary shard file
+    with the builtin); manifests and everything else are untouched.
+    """
+    state = {"shards": 0}
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        name = Path(file).name
+        if "w" in mode and ".tar" + lsbench_shards.TMP_MARK in name:
+            state["shards"] += 1
+            if state["shards"] == n:
+                return _DoomedFile(f, err)
+        return f
+
+    mp.setattr(lsbench_shards, "open", fake_open, raising=False)
+    return state
 
 
 # --------------------------------------------------------------------------- CLI

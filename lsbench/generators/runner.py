@@ -62,7 +62,8 @@ class BuildResult:
     shards_written: int
     shards_reused: int
     samples: int
-    complete: bool
+    complete: bool  # the whole dataset is finished (always False for one rank of several)
+    world_size: int = 1
 
 
 def distributed_rank(env: dict[str, str] | None = None) -> tuple[int, int]:
@@ -125,12 +126,6 @@ def _produce(make_shard: MakeShard, out: Path, spec: ShardSpec) -> ShardRecord:
     return write_shard(out / spec.name, make_shard(spec))
 
 
-def _ignore_sigint() -> None:
-    # Workers let the parent handle Ctrl-C: it stops handing out shards and lets the running
-    # ones finish (each is atomic), so nothing is left half-written.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def build(
     out: Path,
     *,
@@ -156,7 +151,6 @@ def build(
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
 
     existing: list[dict[str, Any]] = []
     for path in _known_manifests(out):
@@ -186,9 +180,11 @@ def build(
     ]
     by_split = {plan.name: [s for s in specs if s.split == plan.name] for plan in splits}
     mine = [s for i, s in enumerate(specs) if i % world_size == rank]
+    # Only this rank's own leftovers: on a shared folder other ranks may be writing theirs now.
+    manifest_path = out / (MANIFEST if world_size == 1 else part_manifest_name(rank, world_size))
+    remove_stale_temporaries(out, {s.name for s in mine} | {manifest_path.name})
     records = _verified_records(out, existing)
     todo = [s for s in mine if s.name not in records]
-    manifest_path = out / (MANIFEST if world_size == 1 else part_manifest_name(rank, world_size))
     manifest["shard_size"] = shard_size
     if world_size > 1:
         manifest["rank"], manifest["world_size"] = rank, world_size
@@ -230,14 +226,22 @@ def build(
         raise Interrupted(
             f"interrupted: {len(records)} finished shards are kept in {out}; rerun the same command to resume"
         ) from None
-    return BuildResult(out, manifest_path, len(todo), reused, total, manifest["complete"])
+    complete = manifest["complete"] and world_size == 1  # a rank's part needs merge-manifests
+    return BuildResult(out, manifest_path, len(todo), reused, total, complete, world_size)
 
 
 def _run_pool(make_shard: MakeShard, out: Path, todo: list[ShardSpec], workers: int, finished) -> None:
     ctx = mp.get_context("spawn")  # no inherited threads/locks (torch may be imported in the parent)
     n = min(workers, len(todo))
-    with cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_ignore_sigint) as pool:
-        futures = [pool.submit(_produce, make_shard, out, spec) for spec in todo]
+    with cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+        # Workers leave Ctrl-C to the parent, which stops handing out shards and lets the running
+        # ones finish (each is atomic).  An ignored SIGINT survives exec and Python keeps it
+        # ignored, so workers are started with it ignored (they are spawned by submit()).
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            futures = [pool.submit(_produce, make_shard, out, spec) for spec in todo]
+        finally:
+            signal.signal(signal.SIGINT, previous)
         try:
             for fut in cf.as_completed(futures):
                 finished(fut.result())
