@@ -172,7 +172,10 @@ def test_unexpected_os_errors_are_not_dressed_as_user_errors(cli, tmp_path, monk
 def test_user_error_from_the_real_executable_is_one_line():
     done = subprocess.run(
         [LSBENCH, "generate", "mnist", "--out", "/nonexistent/x", "--digits", "5"],
-        capture_output=True, text=True, env=subprocess_env(), timeout=60,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
     )
     assert done.returncode == 1
     assert done.stdout == ""
@@ -252,8 +255,9 @@ def test_info_json(cli, tiny_dataset):
 def test_info_json_survives_a_narrow_terminal(tiny_dataset):
     """`lsbench info --json | jq` must parse whatever the terminal width (long hashes, paths)."""
     env = {**subprocess_env(), "COLUMNS": "40"}
-    done = subprocess.run([LSBENCH, "info", str(tiny_dataset), "--json"], capture_output=True, text=True, env=env,
-                          timeout=60)
+    done = subprocess.run(
+        [LSBENCH, "info", str(tiny_dataset), "--json"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["splits"]["test"]["samples"] == 50
 
@@ -350,7 +354,10 @@ def test_rank_run_via_the_cli_reports_partial_completion(cli, tmp_path, monkeypa
     assert result.exit_code == 0, result.output
     assert "merge-manifests" in result.stdout
     assert sorted(p.name for p in (tmp_path / "ds").glob("*.tar")) == [
-        "test-000000.tar", "test-000002.tar", "test-000004.tar", "train-000000.tar"
+        "test-000000.tar",
+        "test-000002.tar",
+        "test-000004.tar",
+        "train-000000.tar",
     ]
 
 

@@ -685,7 +685,10 @@ def _wait_for_first_shard(proc: subprocess.Popen, out: Path, timeout: float = 60
 def _run_to_completion(out: Path, *extra: str) -> None:
     done = subprocess.run(
         [LSBENCH, "generate", "mnist", "--out", str(out), *BIG, *extra],
-        capture_output=True, text=True, env=subprocess_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
 
