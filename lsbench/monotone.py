@@ -158,26 +158,17 @@ def sample(
     raise ValueError(f"strength {strength} is too large: sampled scalings keep folding over")
 
 
-def _cells(d: Tensor, q: Tensor, with_jacobian: bool = False):
-    """Bilinear interpolation of node values ``d`` ``(B, 2, ny, nx)`` at points ``q`` ``(B, N, 2)``.
-
-    Returns ``value`` ``(B, 2, N)`` and, if asked, the partial derivatives ``d/dx`` and ``d/dy``
-    (each ``(B, 2, N)``) of the interpolant, in units of ``[0, 1]`` coordinates.
-    """
-    b, _, ny, nx = d.shape
-    gy, gx = ny - 1, nx - 1
+def _locate(q: Tensor, gy: int, gx: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Cell indices ``(cx, cy)`` (long) and in-cell coordinates ``(u, v)`` of points ``q`` (..., 2)."""
     sx = q[..., 0] * gx
     sy = q[..., 1] * gy
     cx = sx.detach().floor().clamp(0, gx - 1)
     cy = sy.detach().floor().clamp(0, gy - 1)
-    u = (sx - cx).unsqueeze(1)
-    v = (sy - cy).unsqueeze(1)
-    i00 = (cy.long() * nx + cx.long()).unsqueeze(1).expand(b, 2, -1)
-    flat = d.reshape(b, 2, ny * nx)
-    c00 = flat.gather(2, i00)
-    c01 = flat.gather(2, i00 + 1)
-    c10 = flat.gather(2, i00 + nx)
-    c11 = flat.gather(2, i00 + nx + 1)
+    return cx.long(), cy.long(), sx - cx, sy - cy
+
+
+def _bilerp(c00, c01, c10, c11, u, v, gy: int, gx: int, with_jacobian: bool):
+    """Bilinear value (and d/dx, d/dy in [0, 1] units) from the four corner values of each cell."""
     top = c00 + u * (c01 - c00)
     bottom = c10 + u * (c11 - c10)
     value = top + v * (bottom - top)
@@ -186,6 +177,36 @@ def _cells(d: Tensor, q: Tensor, with_jacobian: bool = False):
     ddx = gx * ((c01 - c00) + v * ((c11 - c10) - (c01 - c00)))
     ddy = gy * (bottom - top)
     return value, ddx, ddy
+
+
+def _cells(d: Tensor, q: Tensor, with_jacobian: bool = False):
+    """Bilinear interpolation of node values ``d`` ``(B, 2, ny, nx)`` at points ``q`` ``(B, N, 2)``.
+
+    Returns ``value`` ``(B, N, 2)`` and, if asked, the partial derivatives ``d/dx`` and ``d/dy``
+    (each ``(B, N, 2)``) of the interpolant, in units of ``[0, 1]`` coordinates.
+    """
+    b, _, ny, nx = d.shape
+    cx, cy, u, v = _locate(q, ny - 1, nx - 1)
+    i00 = (cy * nx + cx).unsqueeze(1).expand(b, 2, -1)
+    flat = d.reshape(b, 2, ny * nx)
+    corners = [flat.gather(2, i00 + k) for k in (0, 1, nx, nx + 1)]
+    out = _bilerp(*corners, u.unsqueeze(1), v.unsqueeze(1), ny - 1, nx - 1, with_jacobian)
+    return out.transpose(1, 2) if not with_jacobian else tuple(t.transpose(1, 2) for t in out)
+
+
+def _cells_at(d: Tensor, bidx: Tensor, q: Tensor, with_jacobian: bool = False):
+    """:func:`_cells` for a flat list of points ``q`` ``(P, 2)`` of batch elements ``bidx`` ``(P,)``;
+    outputs ``(P, 2)``.  Lets iterative solvers work on the unconverged points only."""
+    b, _, ny, nx = d.shape
+    cx, cy, u, v = _locate(q, ny - 1, nx - 1)
+    table = d.permute(0, 2, 3, 1).reshape(b * ny * nx, 2)
+    i00 = bidx * (ny * nx) + cy * nx + cx
+    corners = [table[i00 + k] for k in (0, 1, nx, nx + 1)]
+    return _bilerp(*corners, u.unsqueeze(1), v.unsqueeze(1), ny - 1, nx - 1, with_jacobian)
+
+
+def _batch_index(b: int, n: int, device) -> Tensor:
+    return torch.arange(b, device=device).repeat_interleave(n)
 
 
 def _flatten_points(phi: Tensor, q: Tensor) -> tuple[Tensor, torch.Size]:
@@ -199,7 +220,7 @@ def _flatten_points(phi: Tensor, q: Tensor) -> tuple[Tensor, torch.Size]:
 def evaluate(phi: Tensor, q: Tensor) -> Tensor:
     """``l(q)`` for points ``q`` ``(B, ..., 2)`` in ``[0, 1]²``; same shape as ``q``."""
     flat, shape = _flatten_points(phi, q)
-    return (flat + _cells(_displacement(phi), flat).transpose(1, 2)).reshape(shape)
+    return (flat + _cells(_displacement(phi), flat)).reshape(shape)
 
 
 def jacobian(phi: Tensor, q: Tensor) -> Tensor:
@@ -210,8 +231,8 @@ def jacobian(phi: Tensor, q: Tensor) -> Tensor:
 
 
 def _jacobian_matrix(ddx: Tensor, ddy: Tensor) -> Tensor:
-    """``(B, N, 2, 2)`` Jacobian of ``q + D(q)`` from the displacement derivatives ``(B, 2, N)``."""
-    jac = torch.stack([ddx, ddy], dim=-1).transpose(1, 2)  # (B, N, 2 outputs, 2 inputs)
+    """``(..., 2, 2)`` Jacobian of ``q + D(q)`` from the displacement derivatives ``(..., 2)``."""
+    jac = torch.stack([ddx, ddy], dim=-1)  # (..., 2 outputs, 2 inputs)
     return jac + torch.eye(2, dtype=jac.dtype, device=jac.device)
 
 
@@ -253,11 +274,12 @@ def _paper_inverse(phi: Tensor) -> Tensor:
 
 
 def invert_points(
-    phi: Tensor, p: Tensor, *, max_steps: int = 12, tol: float | None = None
+    phi: Tensor, p: Tensor, *, max_steps: int = 12, tol: float | None = None, init: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Solve ``l(q) = p`` for every point: returns ``q`` (shape of ``p``) and the residual.
 
-    Starts from the paper's per-row/per-column inverse and takes Newton steps (``l`` is bilinear
+    Starts from ``init`` (a guess shaped like ``p``) or the paper's per-row/per-column inverse,
+    and takes Newton steps (``l`` is bilinear
     per cell, its Jacobian positive definite for valid ``phi``) until ``max |l(q) - p| <= tol``
     (default: 1e-6 in float32, 1e-12 in float64) or ``max_steps``.  Gradients w.r.t. ``phi`` use
     the implicit function theorem (one Newton step with a detached Jacobian at the solution), not
@@ -268,44 +290,53 @@ def invert_points(
     if tol is None:
         tol = 1e-12 if phi.dtype == torch.float64 else 1e-6
     disp = _displacement(phi)
+    b, n, _ = flat.shape
     with torch.no_grad():
         d_nodes = disp.detach()
-
-        def residual_at(q: Tensor) -> Tensor:  # l(q) - p, (B, N, 2)
-            return q - flat + _cells(d_nodes, q).transpose(1, 2)
-
-        start = _displacement(_paper_inverse(phi.detach()))
-        q = (flat + _cells(start, flat).transpose(1, 2)).clamp(0, 1)
-        res = residual_at(q)
+        bidx = _batch_index(b, n, flat.device)
+        pts = flat.reshape(b * n, 2)
+        if init is None:
+            start = _displacement(_paper_inverse(phi.detach()))
+            q = (pts + _cells_at(start, bidx, pts)).clamp(0, 1)
+        else:
+            q = init.detach().expand(b, *init.shape[1:]).reshape(b * n, 2).clamp(0, 1).to(pts.dtype)
+        res = q - pts + _cells_at(d_nodes, bidx, q)  # l(q) - p
         norm = res.norm(dim=-1)
+        active = (norm > tol).nonzero().squeeze(1)
         for _ in range(max_steps):
-            if norm.max() <= tol:
+            if active.numel() == 0:
                 break
-            _, ddx, ddy = _cells(d_nodes, q, with_jacobian=True)
-            step = _solve2(_jacobian_matrix(ddx, ddy), res)
-            # Backtracking: a full Newton step can overshoot across cell borders; halve it per
-            # point until the residual drops, so the iteration never diverges.
-            pending = norm > tol
-            t = torch.ones_like(norm)
-            for _ in range(10):
-                cand = (q - t.unsqueeze(-1) * step).clamp(0, 1)
-                cand_res = residual_at(cand)
+            # Work on the unconverged points only.
+            qa, ra, na, ba, pa = q[active], res[active], norm[active], bidx[active], pts[active]
+            _, ddx, ddy = _cells_at(d_nodes, ba, qa, with_jacobian=True)
+            step = _solve2(_jacobian_matrix(ddx, ddy), ra)
+            # Backtracking: a full Newton step can overshoot across cell borders; halve it for
+            # the points whose residual did not drop, so the iteration never diverges.  Points
+            # that cannot improve any more (float precision) stop.
+            pending = torch.arange(len(active), device=active.device)
+            t = 1.0
+            for _ in range(12):
+                cand = (qa[pending] - t * step[pending]).clamp(0, 1)
+                cand_res = cand - pa[pending] + _cells_at(d_nodes, ba[pending], cand)
                 cand_norm = cand_res.norm(dim=-1)
-                take = pending & (cand_norm < norm)
-                q = torch.where(take.unsqueeze(-1), cand, q)
-                res = torch.where(take.unsqueeze(-1), cand_res, res)
-                norm = torch.where(take, cand_norm, norm)
-                pending = pending & ~take
-                if not pending.any():
+                ok = cand_norm < na[pending]
+                took = pending[ok]
+                qa[took], ra[took], na[took] = cand[ok], cand_res[ok], cand_norm[ok]
+                pending = pending[~ok]
+                if pending.numel() == 0:
                     break
-                t = torch.where(pending, t * 0.5, t)
-        err = norm.amax(dim=1)
-        delta = q - flat
+                t *= 0.5
+            improved = torch.ones_like(na, dtype=torch.bool)
+            improved[pending] = False
+            q[active], res[active], norm[active] = qa, ra, na
+            active = active[improved & (na > tol)]
+        err = norm.reshape(b, n).amax(dim=1)
+        delta = (q - pts).reshape(b, n, 2)
     # Implicit-function step: value unchanged at convergence, gradient -J⁻¹ ∂l/∂phi.
     q = (flat + delta).clamp(0, 1)
     delta = q - flat
     d, ddx, ddy = _cells(disp, q, with_jacobian=True)
-    residual = delta + d.transpose(1, 2)
+    residual = delta + d
     delta = delta - _solve2(_jacobian_matrix(ddx, ddy).detach(), residual)
     return (flat + delta).reshape(shape), err
 
@@ -365,15 +396,35 @@ def warp(x: Tensor, phi: Tensor, *, mode: str = "bilinear") -> Tensor:
     _check_pair(x, phi)
     p = pixel_centers(*x.shape[-2:], device=x.device, dtype=phi.dtype)
     flat, _ = _flatten_points(phi, p.expand(phi.shape[0], -1, -1, -1))
-    delta = _cells(_displacement(phi), flat).transpose(1, 2).reshape(phi.shape[0], *x.shape[-2:], 2)
+    delta = _cells(_displacement(phi), flat).reshape(phi.shape[0], *x.shape[-2:], 2)
     return _resample(x, delta.expand(x.shape[0], -1, -1, -1), mode)
+
+
+def _inverse_grid(phi: Tensor, h: int, w: int, max_steps: int) -> tuple[Tensor, Tensor]:
+    """``l⁻¹`` at the pixel centres ``(B, h, w, 2)``, and those centres.
+
+    Coarse to fine: solve exactly on a grid 8× coarser, upsample that as the starting guess, then
+    polish every pixel with Newton — most pixels then need one step instead of five.
+    """
+    p = pixel_centers(h, w, device=phi.device, dtype=phi.dtype).expand(phi.shape[0], -1, -1, -1)
+    init = None
+    ch, cw = max(2, h // 8), max(2, w // 8)
+    if h * w >= 4 * ch * cw:
+        pc = pixel_centers(ch, cw, device=phi.device, dtype=phi.dtype).expand(phi.shape[0], -1, -1, -1)
+        with torch.no_grad():
+            qc, _ = invert_points(phi.detach(), pc, max_steps=max_steps)
+            shift = torch.nn.functional.interpolate(
+                (qc - pc).permute(0, 3, 1, 2), size=(h, w), mode="bilinear", align_corners=False
+            )
+            init = p + shift.permute(0, 2, 3, 1)
+    q, _ = invert_points(phi, p, max_steps=max_steps, init=init)
+    return q, p
 
 
 def unwarp(x: Tensor, phi: Tensor, *, mode: str = "bilinear", max_steps: int = 12) -> Tensor:
     """``S⁻¹(x; phi)``: output pixel ``q`` reads ``x`` at ``l⁻¹(q)`` (Newton-refined inverse)."""
     _check_pair(x, phi)
-    p = pixel_centers(*x.shape[-2:], device=x.device, dtype=phi.dtype).expand(phi.shape[0], -1, -1, -1)
-    q, _ = invert_points(phi, p, max_steps=max_steps)
+    q, p = _inverse_grid(phi, *x.shape[-2:], max_steps)
     return _resample(x, (q - p).expand(x.shape[0], -1, -1, -1), mode)
 
 

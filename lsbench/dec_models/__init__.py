@@ -1,0 +1,1 @@
+"""DEC models: the deep-equilibrium solver, the DEC canonicalizer, latent canonicalization and baselines."""
