@@ -228,6 +228,79 @@ def merge_manifests(directory: Path = typer.Argument(..., help="Dataset folder w
     console.print(f"wrote {merge(directory)}")
 
 
+@app.command()
+@user_errors
+def models(
+    size: str = typer.Option("tiny", help="Backbone size: micro, tiny, small or base."),
+    num_classes: int = typer.Option(1000, help="Classes of the classification head."),
+    counts: bool = typer.Option(True, help="Build each model to count its parameters (--no-counts: names only)."),
+) -> None:
+    """List every {arch}_{method} model with its timm backbone and parameter count."""
+    from .dec_models import registry
+
+    table = Table("model", "backbone (timm)", "method", "parameters")
+    for name in registry.model_names():
+        arch, method = registry.parse_name(name)
+        timm_name = registry.BACKBONES[arch][size][0] if size in registry.SIZES else "?"
+        params = ""
+        if counts:
+            params = f"{registry.count_parameters(registry.create_model(name, num_classes, size=size)) / 1e6:.2f} M"
+        table.add_row(name, timm_name, method, params)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def train(
+    model: str = typer.Option(..., "--model", "-m", help="{arch}_{method}, e.g. swin_dec (see `lsbench models`)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder (made by `lsbench generate`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: last.pt, best.pt, log.jsonl, config.json."),
+    size: str = typer.Option("tiny", help="Backbone size: micro, tiny, small, base."),
+    pretrained: str | None = typer.Option(None, help="Checkpoint file, 'timm' (local cache) or 'none'."),
+    epochs: int | None = typer.Option(None, help="Default: the paper's for this dataset."),
+    batch_size: int | None = typer.Option(None),
+    lr: float | None = typer.Option(None),
+    weight_decay: float | None = typer.Option(None),
+    warmup_epochs: float | None = typer.Option(None),
+    scheduler: str | None = typer.Option(None, help="cosine or constant."),
+    label_smoothing: float | None = typer.Option(None),
+    mixup: float | None = typer.Option(None),
+    random_erase: float | None = typer.Option(None),
+    layer_decay: float | None = typer.Option(None),
+    img_size: int | None = typer.Option(None, help="Model input size (images are resized)."),
+    max_steps_per_epoch: int | None = typer.Option(None, help="Cap steps per epoch (quick runs)."),
+    val_limit: int | None = typer.Option(2000, help="Validation samples per epoch."),
+    train_split: str = typer.Option("train"),
+    val_split: str = typer.Option("test"),
+    grid: int = typer.Option(4, help="Monotone-scaling grid cells per axis."),
+    latent_mode: str = typer.Option("equivariant", help="equivariant or invariant adapted layers."),
+    dec_backward: str = typer.Option("implicit", help="DEC backward: implicit or phantom (the paper code's)."),
+    aug_strength: float = typer.Option(0.25, help="Strength of Ω for aug/invl/augl."),
+    workers: int = typer.Option(2, help="DataLoader workers."),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, help="Continue the run in --out from last.pt."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train or fine-tune a model on a dataset folder (paper defaults per dataset)."""
+    from .benchmark.train import TrainConfig
+    from .benchmark.train import train as run_training
+
+    cfg = TrainConfig(
+        model=model, data=str(data), out=str(out), size=size, pretrained=pretrained, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, scheduler=scheduler,
+        label_smoothing=label_smoothing, mixup=mixup, random_erase=random_erase, layer_decay=layer_decay,
+        img_size=img_size, max_steps_per_epoch=max_steps_per_epoch, val_limit=val_limit, train_split=train_split,
+        val_split=val_split, grid=grid, latent_mode=latent_mode, dec_backward=dec_backward,
+        aug_strength=aug_strength, workers=workers, seed=seed,
+    )
+    with progress_bar(f"train {model}", quiet, unit="step") as update:
+        result = run_training(cfg, resume=resume, progress=update, log=_log(quiet))
+    if not quiet:
+        acc = result.metrics.get("val_accuracy")
+        console.print(f"{result.out}: best {result.best}, last {result.last}"
+                      + (f"; final {val_split} accuracy {acc:.4f}" if acc is not None else ""))
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"lsbench {__version__}")

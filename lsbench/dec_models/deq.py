@@ -11,9 +11,9 @@ is the small, dependency-free core of that:
   ``"phantom"`` (k-step damped phantom gradient, Geng et al. 2021; ``k=1`` is the paper code's
   ``torchdeq.get_deq(ift=False)`` one-step gradient) or ``"unrolled"`` (backprop through the iterations).
 
-We do not depend on ``torchdeq``: its only PyPI release (0.1.0, 2023) stops the whole batch on the worst
-sample instead of per sample, has no guard for a singular Anderson system, and its hook-based implicit
-backward removes its own hook, so ~300 lines here are easier to keep correct than the dependency.
+We do not depend on ``torchdeq`` (the paper code's solver): its only PyPI release (0.1.0, Oct 2023) stops
+the whole batch on its worst sample, has no guard for a singular Anderson system and regularises with an
+absolute ``lam`` that swamps small residuals, so a few hundred tested lines here are the sounder choice.
 
 Shapes: ``f`` maps a batch ``z`` ``(B, ...)`` to the same shape; solvers flatten each sample to ``(B, D)``
 internally.  Residuals are per sample: ``‖f(z) − z‖`` (``stop_mode="abs"``) or
@@ -117,7 +117,7 @@ def _flat(f: Fn, z0: Tensor) -> tuple[Fn, Tensor]:
     shape, dtype = z0.shape, _work_dtype(z0)
 
     def fn(x: Tensor) -> Tensor:
-        y = f(x.view(shape).to(z0.dtype))
+        y = f(x.reshape(shape).to(z0.dtype))
         if not isinstance(y, Tensor) or y.shape != shape:
             got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
             raise ValueError(f"f must return a tensor of the input's shape {tuple(shape)}, got {got}")
@@ -259,7 +259,7 @@ def anderson(
 
     ``f``: ``(B, ...) → (B, ...)``; ``z0``: ``(B, ...)``.  Keeps the last ``m`` iterates ``xᵢ`` and images
     ``f(xᵢ)`` per sample and steps to ``β Σ αᵢ f(xᵢ) + (1 − β) Σ αᵢ xᵢ`` with each sample's own ``α``
-    (see :func:`_anderson_mix`; ``lam`` regularises the Gram matrix relative to its scale).  The first
+    (see :func:`_anderson_mix`; ``lam`` is relative to each history entry's own residual).  The first
     step, and any step whose small system is singular or ill-conditioned, is a plain (``β``-damped)
     step instead, counted in ``stats.fallbacks``; a non-finite step restarts from the sample's best
     iterate.  Converged samples are frozen; the loop stops when all have converged or after

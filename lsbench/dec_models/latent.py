@@ -31,7 +31,9 @@ from torch import Tensor, nn
 
 from .. import monotone as M
 
-FAMILY_LAYOUT = {"resnet": "nchw", "swin": "nhwc", "vit": "tokens", "deit": "tokens", "beit": "tokens", "dinov2": "tokens"}
+FAMILY_LAYOUT = {
+    "resnet": "nchw", "swin": "nhwc", "vit": "tokens", "deit": "tokens", "beit": "tokens", "dinov2": "tokens",
+}
 MODES = ("equivariant", "invariant")
 MAX_ADAPTED = 8
 

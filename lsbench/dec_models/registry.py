@@ -186,7 +186,8 @@ def _timm_kwargs(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def _hub_cache() -> Path:
-    return Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub")
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return Path(os.environ.get("HF_HUB_CACHE") or home / "hub")
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:

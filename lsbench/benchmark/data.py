@@ -1,0 +1,127 @@
+"""Streaming model inputs from a dataset folder: ``webdataset`` pipelines → batches of tensors.
+
+Images become ``(3, S, S)`` float tensors (grey images repeated to 3 channels, resized to the
+model's ``img_size`` with antialiasing, normalised with the ImageNet mean/std that timm
+backbones expect); labels ``cls`` become ints and masks ``(S, S)`` long tensors (nearest).
+Shards are split between ranks (``split_by_node``) and DataLoader workers (``split_by_worker``);
+training shuffles shards and samples with a seeded RNG per epoch, so a resumed run sees the same
+order as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DatasetError
+from ..shards import decode_sample, read_manifest, shard_paths
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What training/evaluation needs to know about a dataset folder."""
+
+    directory: Path
+    name: str
+    generator: str
+    task: str
+    num_classes: int
+    splits: dict[str, int]  # split → number of samples
+
+    @classmethod
+    def read(cls, directory: Path) -> DatasetInfo:
+        manifest = read_manifest(directory)
+        if not manifest.get("complete", False):
+            raise DatasetError(f"{directory} is incomplete: rerun its generate command to finish it")
+        config = manifest.get("config", {})
+        if "num_classes" not in config:
+            raise DatasetError(f"{directory}/manifest.json does not record num_classes; regenerate the dataset")
+        splits = {s: e["num_samples"] for s, e in manifest["splits"].items()}
+        return cls(Path(directory), manifest.get("name", "?"), manifest.get("generator", "?"),
+                   config.get("task", "cls"), int(config["num_classes"]), splits)
+
+
+def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 ``(H, W)`` / ``(H, W, C)`` → normalised float ``(3, size, size)``."""
+    t = torch.from_numpy(np.array(image, copy=True))
+    t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
+    t = t.float().div_(255)
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    elif t.shape[0] == 4:
+        t = t[:3]
+    if t.shape[-2:] != (size, size):
+        t = F.interpolate(t.unsqueeze(0), size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return (t - MEAN) / STD
+
+
+def mask_tensor(mask: np.ndarray, size: int) -> torch.Tensor:
+    t = torch.from_numpy(np.array(mask, copy=True)).long()
+    if t.shape != (size, size):
+        t = F.interpolate(t[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
+    return t
+
+
+class _Decode:
+    """Picklable map stage: raw sample → ``(image, target, meta)``."""
+
+    def __init__(self, size: int, task: str):
+        self.size, self.task = size, task
+
+    def __call__(self, raw: dict[str, Any]):
+        s = decode_sample(raw)
+        image = image_tensor(s["image"], self.size)
+        if self.task == "seg":
+            if "mask" not in s:
+                raise DatasetError(f"sample {s['__key__']} has no mask.png; this dataset is not a segmentation set")
+            target = mask_tensor(s["mask"], self.size)
+        else:
+            if "cls" not in s:
+                raise DatasetError(f"sample {s['__key__']} has no cls label; this dataset is not a classification set")
+            target = s["cls"]
+        return image, target, s["meta"]
+
+
+def _collate(batch):
+    images, targets, metas = zip(*batch)
+    targets = torch.stack(targets) if isinstance(targets[0], torch.Tensor) else torch.tensor(targets)
+    return torch.stack(images), targets, list(metas)
+
+
+def pipeline(urls: list[str], *, size: int, task: str, train: bool, seed: int = 0, epoch: int = 0,
+             shuffle_buffer: int = 1000):
+    """The ``webdataset`` pipeline of one epoch (composable stages, no global state)."""
+    import webdataset as wds
+
+    stages: list[Any] = [wds.SimpleShardList(urls)]
+    if train:
+        stages.append(wds.shuffle(len(urls), initial=len(urls), rng=random.Random(seed * 7919 + epoch)))
+    stages += [wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples()]
+    if train and shuffle_buffer > 1:
+        stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100),
+                                  rng=random.Random(seed * 104729 + epoch)))
+    stages.append(wds.map(_Decode(size, task)))
+    return wds.DataPipeline(*stages)
+
+
+def loader(directory: Path, split: str, *, size: int, task: str, batch_size: int, train: bool,
+           workers: int = 0, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000):
+    """A ``DataLoader`` over one split yielding ``(images (B, 3, S, S), targets, metas)``."""
+    urls = [str(p) for p in shard_paths(directory, split)]
+    if not urls:
+        raise DatasetError(f"{directory}: split {split!r} has no shards")
+    workers = min(workers, len(urls))
+    return torch.utils.data.DataLoader(
+        pipeline(urls, size=size, task=task, train=train, seed=seed, epoch=epoch, shuffle_buffer=shuffle_buffer),
+        batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+    )

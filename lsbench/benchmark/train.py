@@ -1,0 +1,360 @@
+"""``lsbench train``: fit any ``{arch}_{method}`` model on a dataset folder.
+
+Defaults follow the paper per dataset (:func:`paper_defaults`), every value can be overridden.
+AdamW (optionally with timm's layer-wise decay), warmup + cosine schedule, AMP on CUDA, a
+checkpoint every epoch (``last.pt``; ``best.pt`` on the best validation accuracy) holding the full
+config and everything needed to ``--resume``, a JSONL log (``log.jsonl``) of losses, accuracy, learning
+rate and DEQ iterations/residuals.  Under ``torchrun`` it trains with DDP: shards are split by rank
+and the validation counts are summed over ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..dec_models import checkpoint
+from ..dec_models.baselines import method_loss
+from ..dec_models.registry import LSModel, create_model, parse_name
+from ..errors import ConfigError
+from .data import DatasetInfo, loader
+
+
+@dataclass
+class TrainConfig:
+    """One training run; ``None`` fields take the dataset's paper default."""
+
+    model: str
+    data: str
+    out: str
+    size: str = "tiny"
+    img_size: int | None = None
+    pretrained: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    scheduler: str | None = None  # "cosine" | "constant"
+    label_smoothing: float | None = None
+    mixup: float | None = None
+    random_erase: float | None = None
+    layer_decay: float | None = None
+    grad_clip: float | None = 5.0
+    train_split: str = "train"
+    val_split: str = "test"
+    val_limit: int | None = 2000
+    max_steps_per_epoch: int | None = None
+    workers: int = 2
+    seed: int = 0
+    amp: bool = True
+    shuffle_buffer: int = 1000
+    log_every: int = 10
+    grid: int = 4
+    latent_mode: str = "equivariant"
+    dec_backward: str = "implicit"
+    aug_strength: float = 0.25
+    loss_weight: float = 1.0
+
+
+def paper_defaults(generator: str, arch: str, task: str) -> dict[str, Any]:
+    """The paper's settings (A1): MNIST 50 epochs at lr 1e-4 (Swin 8e-4, DINOv2 2e-5), batch 64;
+    ImageNet Table A1; segmentation 40 epochs."""
+    if task == "seg":
+        base = {"epochs": 40, "batch_size": 16, "lr": 1e-4, "weight_decay": 0.05, "warmup_epochs": 1,
+                "scheduler": "cosine", "label_smoothing": 0.0, "mixup": 0.0, "random_erase": 0.0,
+                "layer_decay": None, "img_size": 256}
+    elif generator == "imagenet":
+        base = {"epochs": 20, "batch_size": 80, "lr": 1e-7, "weight_decay": 0.05, "warmup_epochs": 5,
+                "scheduler": "cosine", "label_smoothing": 0.1, "mixup": 0.8, "random_erase": 0.25,
+                "layer_decay": 0.75, "img_size": 224}
+    else:  # mnist and anything else: the MNIST protocol
+        lr = {"swin": 8e-4, "dinov2": 2e-5}.get(arch, 1e-4)
+        base = {"epochs": 50, "batch_size": 64, "lr": lr, "weight_decay": 0.0, "warmup_epochs": 0,
+                "scheduler": "cosine", "label_smoothing": 0.0, "mixup": 0.0, "random_erase": 0.0,
+                "layer_decay": None, "img_size": 224}
+    if arch == "dinov2" and base["img_size"] % 14:
+        base["img_size"] = 14 * round(base["img_size"] / 14)
+    return base
+
+
+def resolve(cfg: TrainConfig, info: DatasetInfo) -> TrainConfig:
+    """Fill ``None`` fields from :func:`paper_defaults` and check what the user gave."""
+    arch, _ = parse_name(cfg.model)
+    defaults = paper_defaults(info.generator, arch, info.task)
+    values = asdict(cfg)
+    for key, value in defaults.items():
+        if values.get(key) is None:
+            values[key] = value
+    out = TrainConfig(**values)
+    for name in ("epochs", "batch_size", "img_size"):
+        if getattr(out, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(out, name)}")
+    if out.lr <= 0:
+        raise ConfigError(f"--lr must be positive, got {out.lr}")
+    if out.scheduler not in ("cosine", "constant"):
+        raise ConfigError(f"--scheduler must be cosine or constant, got {out.scheduler!r}")
+    for split in (out.train_split, out.val_split):
+        if split not in info.splits:
+            raise ConfigError(f"{info.directory} has no split {split!r} (it has {', '.join(sorted(info.splits))})")
+    if out.mixup and info.task != "cls":
+        raise ConfigError("--mixup is for classification datasets")
+    return out
+
+
+def _distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+class _LossModule(nn.Module):
+    """The whole method-specific loss as one forward, so DDP sees every parameter use."""
+
+    def __init__(self, model: LSModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y, label_smoothing: float, generator):
+        return method_loss(self.model, x, y, label_smoothing=label_smoothing, generator=generator)
+
+
+def _param_groups(model: LSModel, cfg: TrainConfig) -> list[dict[str, Any]]:
+    if not cfg.layer_decay or cfg.layer_decay >= 1:
+        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+        return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    from timm.optim import param_groups_layer_decay
+
+    groups = param_groups_layer_decay(model.backbone, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+    for g in groups:  # timm's lr_scale per layer becomes a fixed factor on our schedule
+        g["lr_scale"] = g.get("lr_scale", 1.0)
+    if model.seg_head is not None:
+        groups.append({"params": list(model.seg_head.parameters()), "weight_decay": cfg.weight_decay, "lr_scale": 1.0})
+    return groups
+
+
+def _schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """All RNG streams training draws from (timm's Mixup uses numpy, RandomErasing ``random``),
+    as tensors and numbers so the checkpoint stays ``weights_only``-loadable."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "method": generator.get_state(),
+            "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_pos": int(pos),
+            "numpy_gauss": [int(has_gauss), float(cached)],
+            "python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["method"])
+    has_gauss, cached = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, cached))
+    random.setstate((3, tuple(int(v) for v in state["python"]), None))
+
+
+@torch.no_grad()
+def accuracy(model: LSModel, directory: Path, split: str, *, size: int, task: str, batch_size: int,
+             device: torch.device, limit: int | None, workers: int) -> dict[str, float]:
+    """Top-1 accuracy (classification) or pixel accuracy (segmentation), exact across ranks."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    for x, y, _ in loader(directory, split, size=size, task=task, batch_size=batch_size, train=False, workers=workers):
+        if limit is not None and seen >= limit:
+            break
+        x, y = x.to(device), y.to(device)
+        pred = model(x).argmax(dim=1)
+        correct += (pred == y).sum()
+        count += y.numel()
+        seen += len(x)
+    if dist.is_initialized():
+        dist.all_reduce(correct)
+        dist.all_reduce(count)
+    model.train()
+    return {"accuracy": (correct / count.clamp_min(1)).item(), "count": count.item()}
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best: Path
+    last: Path
+    epochs: int
+    metrics: dict[str, float]
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, int], None] | None = None,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train (or resume) and return where the checkpoints are; see the module docstring."""
+    info = DatasetInfo.read(Path(cfg.data))
+    cfg = resolve(cfg, info)
+    out = Path(cfg.out)
+    rank, world, device = _distributed()
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    ckpt = None
+    if resume:
+        ckpt = checkpoint.read(last_path)
+        stored = ckpt.get("train_config", {})
+        changed = [k for k in ("model", "size", "img_size", "batch_size", "seed") if stored.get(k) != getattr(cfg, k)]
+        if changed:
+            raise ConfigError(f"--resume: {last_path} was trained with other {', '.join(changed)}; "
+                              "use the same options or a new --out")
+    elif last_path.exists():
+        raise ConfigError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+
+    model = create_model(
+        cfg.model, info.num_classes, task=info.task, size=cfg.size,
+        pretrained=None if ckpt else cfg.pretrained, img_size=cfg.img_size, grid=cfg.grid,
+        latent_mode=cfg.latent_mode, dec_backward=cfg.dec_backward, aug_strength=cfg.aug_strength,
+        loss_weight=cfg.loss_weight,
+    ).to(device)
+    if ckpt:
+        model.load_state_dict(ckpt["state_dict"])
+    loss_module: nn.Module = _LossModule(model)
+    if world > 1:
+        loss_module = nn.parallel.DistributedDataParallel(loss_module, find_unused_parameters=True)
+
+    groups = _param_groups(model, cfg)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    n_train = info.splits[cfg.train_split]
+    steps_per_epoch = max(1, math.ceil(n_train / (cfg.batch_size * world)))
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    factor = _schedule(cfg, steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [lambda s, g=g: factor(s) * g.get("lr_scale", 1.0) for g in groups]
+    )
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    mixup = None
+    if cfg.mixup:
+        from timm.data import Mixup
+
+        mixup = Mixup(mixup_alpha=cfg.mixup, label_smoothing=cfg.label_smoothing, num_classes=info.num_classes)
+    eraser = None
+    if cfg.random_erase:
+        from timm.data.random_erasing import RandomErasing
+
+        eraser = RandomErasing(cfg.random_erase, mode="pixel", device=str(device))
+
+    start_epoch, best_acc, metrics = 0, -1.0, {}
+    if ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"], generator)
+        start_epoch = ckpt["epoch"] + 1
+        best_acc = ckpt.get("best_accuracy", -1.0)
+        metrics = ckpt.get("metrics", {})
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({"train": asdict(cfg), "model": asdict(model.config)}, indent=2))
+    log_file = open(out / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed in finally
+
+    total_steps = (cfg.epochs - start_epoch) * steps_per_epoch
+    done = 0
+    try:
+        model.train()
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            running, seen = 0.0, 0
+            batches = loader(Path(cfg.data), cfg.train_split, size=cfg.img_size, task=info.task,
+                             batch_size=cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed,
+                             epoch=epoch, shuffle_buffer=cfg.shuffle_buffer)
+            for step, (x, y, _) in enumerate(batches):
+                if step >= steps_per_epoch:
+                    break
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if mixup is not None and len(x) % 2 == 0:
+                    x, y = mixup(x, y)
+                if eraser is not None:
+                    x = eraser(x)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    loss, logs = loss_module(x, y, cfg.label_smoothing if mixup is None else 0.0, generator)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                running += loss.item() * len(x)
+                seen += len(x)
+                done += 1
+                if log_file and step % cfg.log_every == 0:
+                    lr_now = scheduler.get_last_lr()[0]
+                    record = {"epoch": epoch, "step": step, "loss": loss.item(), "lr": lr_now, **logs}
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                if progress:
+                    progress(done, total_steps)
+            val = accuracy(model, Path(cfg.data), cfg.val_split, size=cfg.img_size, task=info.task,
+                           batch_size=cfg.batch_size, device=device, limit=cfg.val_limit, workers=cfg.workers)
+            metrics = {"epoch": epoch, "train_loss": running / max(1, seen), "val_accuracy": val["accuracy"],
+                       "val_count": val["count"], "epoch_seconds": time.perf_counter() - t0, **model.solver_stats()}
+            if rank == 0:
+                log_file.write(json.dumps({"event": "epoch", **metrics}) + "\n")
+                log_file.flush()
+                state = {"train_config": asdict(cfg), "epoch": epoch, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                         "rng": _rng_state(generator), "metrics": metrics,
+                         "best_accuracy": max(best_acc, val["accuracy"]), "dataset": info.name}
+                checkpoint.save(last_path, model, **state)
+                if val["accuracy"] > best_acc:
+                    checkpoint.save(best_path, model, **state)
+                if log:
+                    log(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.4f}, "
+                        f"{cfg.val_split} accuracy {val['accuracy']:.4f}")
+            best_acc = max(best_acc, val["accuracy"])
+    finally:
+        if log_file:
+            log_file.close()
+    return TrainResult(out, best_path, last_path, cfg.epochs, metrics)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]

@@ -1,0 +1,75 @@
+"""Checkpoints that carry their config and load with ``torch.load(..., weights_only=True)``.
+
+A checkpoint is a dict of plain types and tensors: ``format``, ``lsbench_version``,
+``model_config`` (a :class:`~.registry.ModelConfig` dict — enough to rebuild the model),
+``state_dict`` and, for training checkpoints, ``train_config``, ``epoch``, ``optimizer``,
+``scheduler``, ``scaler``, ``rng`` and ``metrics``.  DEC models record the DEQ backward used
+(``implicit`` or ``phantom``) in their ``model_config``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..errors import ConfigError
+from .registry import LSModel, config_dict, model_from_config
+
+FORMAT = "lsbench-checkpoint"
+
+
+def save(path: Path, model: LSModel, **extra: Any) -> Path:
+    """Write atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "lsbench_version": __version__,
+        "model_config": config_dict(model),
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``), with one clear error line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} not found; pass the .pt file written by `lsbench train`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt, truncated or not a torch file
+        raise ConfigError(
+            f"cannot read checkpoint {path} ({type(e).__name__}); is it a complete lsbench .pt file?"
+        ) from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not an lsbench checkpoint (written by `lsbench train`)")
+    return ckpt
+
+
+def load_model(path: Path) -> tuple[LSModel, dict[str, Any]]:
+    """Rebuild the model from a checkpoint's config and load its weights; returns (model, checkpoint)."""
+    ckpt = read(path)
+    model = model_from_config(ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model, ckpt
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
