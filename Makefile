@@ -24,6 +24,13 @@ demo: $(STAMP)
 	$(LSB) validate $(DEMO)/mnist-ls
 	$(LSB) info $(DEMO)/mnist-ls
 	$(LSB) preview $(DEMO)/mnist-ls --out $(DEMO)/mnist-ls-preview.png -n 20
+	# a 10-class task small enough to learn on a CPU in a minute: one digit per image, 64 px
+	$(LSB) generate mnist --out $(DEMO)/mnist-ls-1d --digits 1 --size 64 --train 2000 --test 500 --workers 2
+	for m in resnet_base resnet_dec; do \
+	  rm -rf $(DEMO)/runs/$$m; \
+	  $(LSB) train --model $$m --data $(DEMO)/mnist-ls-1d --out $(DEMO)/runs/$$m --size micro --img-size 64 \
+	    --epochs 3 --batch-size 32 --lr 1e-3 --workers 1 || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lsbench tests perf tools

@@ -10,6 +10,7 @@ and the validation counts are summed over ranks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.join import Join
 
 from ..dec_models import checkpoint
 from ..dec_models.baselines import method_loss
@@ -302,36 +304,39 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
             batches = loader(Path(cfg.data), cfg.train_split, size=cfg.img_size, task=info.task,
                              batch_size=cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed,
                              epoch=epoch, shuffle_buffer=cfg.shuffle_buffer)
-            for step, (x, y, _) in enumerate(batches):
-                if step >= steps_per_epoch:
-                    break
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if mixup is not None and len(x) % 2 == 0:
-                    x, y = mixup(x, y)
-                if eraser is not None:
-                    x = eraser(x)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    loss, logs = loss_module(x, y, cfg.label_smoothing if mixup is None else 0.0, generator)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                running += loss.item() * len(x)
-                seen += len(x)
-                done += 1
-                if log_file and step % cfg.log_every == 0:
-                    lr_now = scheduler.get_last_lr()[0]
-                    record = {"epoch": epoch, "step": step, "loss": loss.item(), "lr": lr_now, **logs}
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
-                if progress:
-                    progress(done, total_steps)
+            # Ranks may hold different numbers of samples (shards are split by rank): DDP's Join lets
+            # a rank that runs out early shadow the others' all-reduces instead of hanging.
+            with Join([loss_module]) if world > 1 else contextlib.nullcontext():
+                for step, (x, y, _) in enumerate(batches):
+                    if step >= steps_per_epoch:
+                        break
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    if mixup is not None and len(x) % 2 == 0:
+                        x, y = mixup(x, y)
+                    if eraser is not None:
+                        x = eraser(x)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                        loss, logs = loss_module(x, y, cfg.label_smoothing if mixup is None else 0.0, generator)
+                    if not torch.isfinite(loss):
+                        raise ConfigError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower --lr")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if cfg.grad_clip:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    running += loss.item() * len(x)
+                    seen += len(x)
+                    done += 1
+                    if log_file and step % cfg.log_every == 0:
+                        lr_now = scheduler.get_last_lr()[0]
+                        record = {"epoch": epoch, "step": step, "loss": loss.item(), "lr": lr_now, **logs}
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
+                    if progress:
+                        progress(done, total_steps)
             val = accuracy(model, Path(cfg.data), cfg.val_split, size=cfg.img_size, task=info.task,
                            batch_size=cfg.batch_size, device=device, limit=cfg.val_limit, workers=cfg.workers)
             metrics = {"epoch": epoch, "train_loss": running / max(1, seen), "val_accuracy": val["accuracy"],
