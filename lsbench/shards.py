@@ -17,6 +17,7 @@ temporary name first and renamed when complete, so a folder never holds a half-w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -118,6 +119,33 @@ def encode_sample(sample: dict[str, Any]) -> dict[str, bytes | str]:
     return out
 
 
+@contextlib.contextmanager
+def _atomic(path: Path, mode: str):
+    """Write through a temporary sibling of ``path``, fsync it and rename it into place.
+
+    On any error the temporary file is removed, so ``path`` is either complete or absent; a full
+    disk becomes :class:`DiskFullError`.
+    """
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"disk full while writing {path}: free some space and rerun the same command; "
+                "finished shards are kept and it resumes"
+            ) from e
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 _BLOCK = 512
 _RECORD = 20 * _BLOCK
 
@@ -156,47 +184,30 @@ def write_shard(path: Path, samples: Iterable[dict[str, Any]]) -> ShardRecord:
     0444), so the same samples always give the same bytes.  The file appears under its final name
     only once complete; on any error (including a full disk) the temporary file is removed.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     count = 0
     sha = hashlib.sha256()
     size = 0
-    try:
-        with open(tmp, "wb") as f:
-            for sample in samples:
-                encoded = encode_sample(sample)
-                key = encoded.pop("__key__")
-                buf = bytearray()
-                for field in sorted(encoded):
-                    data = encoded[field]
-                    buf += tar_header(f"{key}.{field}", len(data))
-                    buf += data
-                    buf += b"\0" * (-len(data) % _BLOCK)
-                f.write(buf)
-                sha.update(buf)
-                size += len(buf)
-                count += 1
-            # End of archive: two zero blocks, padded to a whole record (as tarfile does).
-            tail = b"\0" * (2 * _BLOCK)
-            tail += b"\0" * (-(size + len(tail)) % _RECORD)
-            f.write(tail)
-            sha.update(tail)
-            size += len(tail)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(
-                f"disk full while writing {path}: free some space and rerun the same command; "
-                "finished shards are kept and it resumes"
-            ) from e
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return ShardRecord(path.name, count, sha.hexdigest(), size)
+    with _atomic(Path(path), "wb") as f:
+        for sample in samples:
+            encoded = encode_sample(sample)
+            key = encoded.pop("__key__")
+            buf = bytearray()
+            for field in sorted(encoded):
+                data = encoded[field]
+                buf += tar_header(f"{key}.{field}", len(data))
+                buf += data
+                buf += b"\0" * (-len(data) % _BLOCK)
+            f.write(buf)
+            sha.update(buf)
+            size += len(buf)
+            count += 1
+        # End of archive: two zero blocks, padded to a whole record (as tarfile does).
+        tail = b"\0" * (2 * _BLOCK)
+        tail += b"\0" * (-(size + len(tail)) % _RECORD)
+        f.write(tail)
+        sha.update(tail)
+        size += len(tail)
+    return ShardRecord(Path(path).name, count, sha.hexdigest(), size)
 
 
 def sha256_file(path: Path) -> str:
@@ -254,20 +265,9 @@ def split_entry(
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"disk full while writing {path}: free some space and rerun the same command") from e
-        raise
+    with _atomic(Path(path), "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def read_manifest(directory: Path, name: str = MANIFEST) -> dict[str, Any]:

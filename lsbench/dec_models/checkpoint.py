@@ -9,7 +9,6 @@ A checkpoint is a dict of plain types and tensors: ``format``, ``lsbench_version
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -65,11 +64,3 @@ def load_model(path: Path) -> tuple[LSModel, dict[str, Any]]:
     model = model_from_config(ckpt["model_config"])
     model.load_state_dict(ckpt["state_dict"])
     return model, ckpt
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
