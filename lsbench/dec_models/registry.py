@@ -134,7 +134,11 @@ class LSModel(nn.Module):
         self.seg_head = seg_head
 
     def _seg_indices(self) -> list[int]:
-        n = len(self.backbone.blocks) if hasattr(self.backbone, "blocks") else 4
+        if not hasattr(self.backbone, "blocks"):
+            # Hierarchical backbones: the last 4 levels (ResNet's level 0 is the stem).
+            n = len(self.backbone.feature_info)
+            return list(range(n - 4, n))
+        n = len(self.backbone.blocks)
         if n <= 4:
             return [min(i, n - 1) for i in range(4)]
         return [round(n * (k + 1) / 4) - 1 for k in range(4)]  # e.g. 2, 5, 8, 11 for 12 blocks
@@ -190,6 +194,25 @@ def _hub_cache() -> Path:
     return Path(os.environ.get("HF_HUB_CACHE") or home / "hub")
 
 
+def _cached_weights(timm_name: str) -> Path:
+    """The weights file of ``timm_name``'s default pretrained tag in the local HF cache — looked up
+    locally only, never downloaded."""
+    from huggingface_hub import hf_hub_download
+    from timm.models import get_pretrained_cfg
+
+    repo = get_pretrained_cfg(timm_name).hf_hub_id
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(repo, filename, local_files_only=True, cache_dir=_hub_cache()))
+        except Exception:  # noqa: BLE001 - not in the cache under this name
+            continue
+    raise ConfigError(
+        f"pretrained weights for {timm_name} are not in the local cache: put the Hugging Face repo {repo} "
+        f"(model.safetensors) at {_hub_cache() / ('models--' + repo.replace('/', '--'))}, "
+        "or pass --pretrained PATH to a checkpoint file, or --pretrained none"
+    )
+
+
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ConfigError(f"pretrained checkpoint {path} not found; pass an existing file or --pretrained none")
@@ -231,15 +254,12 @@ def _apply_pretrained(backbone: nn.Module, cfg: ModelConfig, pretrained: str | P
     if str(pretrained).lower() == "timm":
         if cfg.timm_kwargs.get("embed_dim") or cfg.size == "micro":
             raise ConfigError(f"no published weights for {cfg.arch} size {cfg.size}; use --pretrained none")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
-        try:
-            ref = timm.create_model(cfg.timm_name, pretrained=True)
-        except Exception as e:  # noqa: BLE001 - timm raises various errors for a missing cache entry
-            raise ConfigError(
-                f"pretrained weights for {cfg.timm_name} are not in the local cache; put the model folder at "
-                f"{_hub_cache() / ('models--timm--' + cfg.timm_name)} (or pass --pretrained PATH to a checkpoint "
-                f"file, or --pretrained none) [{type(e).__name__}]"
-            ) from e
+        path = _cached_weights(cfg.timm_name)
+        try:  # timm's own loader applies the model's checkpoint filter (e.g. position-embedding resize)
+            ref = timm.create_model(cfg.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
+                                    num_classes=0, in_chans=cfg.in_chans, **_timm_kwargs(cfg))
+        except Exception as e:  # noqa: BLE001 - corrupt or mismatched file
+            raise ConfigError(f"cannot load the cached weights {path} ({type(e).__name__}: {e})") from e
         load_backbone_weights(backbone, ref.state_dict(), f"the cached {cfg.timm_name}")
         return
     load_backbone_weights(backbone, _read_state_dict(Path(pretrained)), str(pretrained))
@@ -281,9 +301,11 @@ def create_model(
     head = None
     if task == "seg":
         model = LSModel(backbone, cfg)
+        backbone.eval()  # the probe must not touch BatchNorm statistics (nor need a batch > 1)
         with torch.no_grad():
             probe = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size)
             channels = [f.shape[1] for f in model.features(probe)]
+        backbone.train()
         head = DPTHead(channels, num_classes)
     return LSModel(backbone, cfg, head)
 
