@@ -47,6 +47,7 @@ __all__ = [
     "pixel_centers",
     "sample",
     "to_logits",
+    "unfold",
     "unwarp",
     "warp",
 ]
@@ -550,6 +551,21 @@ def is_valid(phi: Tensor, *, atol: float = 1e-6) -> Tensor:
     pts = torch.stack([xx, yy], dim=-1).expand(phi.shape[0], -1, -1, -1)
     det = torch.linalg.det(jacobian(phi, pts))
     return ends & increasing & (det > 0).flatten(1).all(-1)
+
+
+def unfold(phi: Tensor, *, max_halvings: int = 20) -> Tensor:
+    """Make every ``phi`` fold-free: shrink the ones that fold toward the identity, halving the
+    displacement until :func:`is_valid` holds.  Valid ``phi`` are returned unchanged; the shrink
+    factor is a constant per sample, so gradients flow through (scaled)."""
+    ident = identity(phi.shape[0], grid_shape(phi), device=phi.device, dtype=phi.dtype)
+    scale = torch.ones(phi.shape[0], 1, 1, 1, device=phi.device, dtype=phi.dtype)
+    with torch.no_grad():
+        for _ in range(max_halvings):
+            bad = ~is_valid(ident + scale * (phi.detach() - ident))
+            if not bad.any():
+                break
+            scale[bad] *= 0.5
+    return ident + scale * (phi - ident)
 
 
 def cell_jacobian(phi: Tensor) -> Tensor:

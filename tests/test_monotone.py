@@ -609,3 +609,21 @@ def test_bad_input_raises():
         m.from_logits(torch.zeros(2, 5, 4), torch.zeros(2, 5, 3))
     with pytest.raises(ValueError):
         m.from_logits(torch.zeros(2, 5), torch.zeros(2, 5, 4))
+
+
+def test_unfold_keeps_valid_phi_and_repairs_folding_ones():
+    g = torch.Generator().manual_seed(5)
+    good = m.sample(4, 4, 0.2, g)
+    assert torch.equal(m.unfold(good), good)
+    # Rows with very different functions fold: a strong independent draw per row.
+    lx = torch.randn(8, 5, 4, generator=g) * 3
+    ly = torch.randn(8, 5, 4, generator=g) * 3
+    folding = m.from_logits(lx, ly)
+    assert not m.is_valid(folding).all()
+    logits = lx.clone().requires_grad_(True)
+    fixed = m.unfold(m.from_logits(logits, ly))
+    assert m.is_valid(fixed).all()
+    keep = m.is_valid(folding)
+    assert torch.equal(fixed[keep].detach(), folding[keep])
+    fixed.sum().backward()
+    assert torch.isfinite(logits.grad).all()

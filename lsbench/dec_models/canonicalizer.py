@@ -82,7 +82,7 @@ class DEC(nn.Module):
         *,
         grid: int | tuple[int, int] = 4,
         channels: tuple[int, int] = (64, 128),
-        resolution: int | None = 64,
+        resolution: int | None = 32,
         solver: str = "anderson",
         backward: str = "implicit",
         tol: float = 1e-3,
@@ -115,10 +115,13 @@ class DEC(nn.Module):
 
         gy, gx = self.grid
         z0 = torch.zeros(x.shape[0], (gy + 1) * gx + (gx + 1) * gy, device=x.device, dtype=x.dtype)
+        # Absolute residual: logits near zero (near-identity scalings) make a relative one unreachable.
         z, self.last_stats = deq.solve(
-            h, z0, solver=self.solver, backward=self.backward, tol=self.tol, max_iter=self.max_iter
+            h, z0, solver=self.solver, backward=self.backward, tol=self.tol, max_iter=self.max_iter, stop_mode="abs"
         )
-        return M.from_logits(*self._split(z))
+        # Rows and columns are predicted independently, so a strong H could fold the map; keep
+        # the output a valid (fold-free) monotone scaling.
+        return M.unfold(M.from_logits(*self._split(z)))
 
 
 def candidate_set(n: int, grid: int | tuple[int, int] = 4, strength: float = 0.25, seed: int = 0) -> Tensor:
@@ -154,7 +157,7 @@ class Canon(nn.Module):
         grid: int | tuple[int, int] = 4,
         num_candidates: int = 64,
         strength: float = 0.25,
-        resolution: int | None = 64,
+        resolution: int | None = 32,
         temperature: float = 1.0,
     ):
         super().__init__()
@@ -172,7 +175,7 @@ class Canon(nn.Module):
         energy = self.energy(warped).reshape(b, n)
         if self.training:
             weights = torch.softmax(-energy / self.temperature, dim=1)
-            psi = torch.einsum("bn,nkij->bkij", weights, cands)
+            psi = M.unfold(torch.einsum("bn,nkij->bkij", weights, cands))
         else:
             psi = cands[energy.argmin(dim=1)]
         self.last_stats = {"candidates": n}
@@ -193,7 +196,7 @@ class Optim(nn.Module):
         grid: int | tuple[int, int] = 4,
         steps: int = 10,
         lr: float = 0.5,
-        resolution: int | None = 64,
+        resolution: int | None = 32,
     ):
         super().__init__()
         self.grid = (grid, grid) if isinstance(grid, int) else tuple(grid)
@@ -212,7 +215,7 @@ class Optim(nn.Module):
                 gx_, gy_ = torch.autograd.grad(e, (lx, ly), create_graph=self.training)
                 lx, ly = lx - self.lr * gx_, ly - self.lr * gy_
         self.last_stats = {"steps": self.steps}
-        return M.from_logits(lx, ly)
+        return M.unfold(M.from_logits(lx, ly))
 
 
 class Fixed(nn.Module):

@@ -327,7 +327,8 @@ def solve(
     ``stop_mode`` and ``solver_options`` such as ``{"m": 5, "lam": 1e-4, "beta": 1.0}``) runs without a
     graph; then ``f`` is called once more with gradients enabled, so ``z = f(z*)`` — one step past
     the solver's iterate, whose residual ``stats`` reports — and gradients reach ``f``'s parameters
-    and every tensor ``f`` closes over.  ``z0`` itself receives no gradient (except when unrolled).
+    and every tensor ``f`` closes over.  With gradients disabled (inference) ``z*`` itself is
+    returned, saving that extra call.  ``z0`` itself receives no gradient (except when unrolled).
 
     ``backward``:
       - ``"implicit"``: the gradient ``g`` arriving at ``z`` is replaced by the solution ``u`` of the
@@ -361,6 +362,9 @@ def solve(
 
     z_star, stats = SOLVERS[solver](f, z0, tol=tol, max_iter=max_iter, stop_mode=stop_mode, **options)
     stats.backward = backward
+    if not torch.is_grad_enabled():
+        # Inference: the solver's iterate is the answer; one more f call would only cost time.
+        return z_star.to(z0.dtype), stats
     if backward == "phantom":
         stats.backward_options = {"steps": phantom_steps, "damping": float(phantom_damping)}
         z = z_star
@@ -372,8 +376,6 @@ def solve(
     b_max_iter = max_iter if b_max_iter is None else b_max_iter
     _check(b_tol, b_max_iter, stop_mode)
     stats.backward_options = {"solver": b_solver, "tol": float(b_tol), "max_iter": b_max_iter}
-    if not torch.is_grad_enabled():
-        return f(z_star), stats
     z_leaf = z_star.detach().requires_grad_(True)
     fz = f(z_leaf)
     if not fz.requires_grad:
