@@ -15,9 +15,9 @@ Two measurements, in one run on this machine:
 
    Reported: ms per forward, ``overhead = dec/base - 1``, ``dec_share = (dec - base)/dec`` (the form
    of the paper's A4 figure: DEC is 24 % of DINOv2's forward time at batch 128, 0.16 s of 0.66 s;
-   the goal here is ≤ 15 %), and the DEQ solver iterations per adapted layer.  Each forward
-   evaluates ``H`` ``steps + 1`` times per layer (``deq.solve`` calls ``f`` once more at the fixed
-   point).  A per-component breakdown (canonicalizer CNN, warp inside the solver, solver
+   the goal here is ≤ 15 %), and the DEQ solver iterations per adapted layer.  Under
+   ``inference_mode`` each forward evaluates ``H`` once per solver step and layer (training calls it
+   once more at the fixed point, for the gradient).  A per-component breakdown (canonicalizer CNN, warp inside the solver, solver
    bookkeeping, input warp, unwarp with its Newton inverse, glue) is timed for ``--profile-archs``
    by wrapping those functions with timers (plus torch.profiler's top operators).
 
