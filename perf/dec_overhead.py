@@ -17,8 +17,9 @@ Two measurements, in one run on this machine:
    of the paper's A4 figure: DEC is 24 % of DINOv2's forward time at batch 128, 0.16 s of 0.66 s;
    the goal here is ≤ 15 %), and the DEQ solver iterations per adapted layer.  Under
    ``inference_mode`` each forward evaluates ``H`` once per solver step and layer (training calls it
-   once more at the fixed point, for the gradient).  A per-component breakdown (canonicalizer CNN, warp inside the solver, solver
-   bookkeeping, input warp, unwarp with its Newton inverse, glue) is timed for ``--profile-archs``
+   once more at the fixed point, for the gradient).  A per-component breakdown (canonicalizer CNN,
+   warp inside the solver, solver bookkeeping, input warp, unwarp with its Newton inverse, glue) is
+   timed for ``--profile-archs``
    by wrapping those functions with timers (plus torch.profiler's top operators).
 
 2. **Training-step memory** — one forward + backward (``method_loss``) at batch 10, 224² for

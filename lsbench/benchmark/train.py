@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from ..dec_models import checkpoint
 from ..dec_models.baselines import method_loss
 from ..dec_models.registry import LSModel, create_model, parse_name
 from ..errors import ConfigError
+from . import distributed
 from .data import DatasetInfo, loader
 
 
@@ -114,19 +114,6 @@ def resolve(cfg: TrainConfig, info: DatasetInfo) -> TrainConfig:
     if out.mixup and info.task != "cls":
         raise ConfigError("--mixup is for classification datasets")
     return out
-
-
-def _distributed() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank() if world > 1 else 0), world, device
 
 
 class _LossModule(nn.Module):
@@ -226,7 +213,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
     info = DatasetInfo.read(Path(cfg.data))
     cfg = resolve(cfg, info)
     out = Path(cfg.out)
-    rank, world, device = _distributed()
+    rank, world, device = distributed.setup()
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
