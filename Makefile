@@ -26,11 +26,15 @@ demo: $(STAMP)
 	$(LSB) preview $(DEMO)/mnist-ls --out $(DEMO)/mnist-ls-preview.png -n 20
 	# a 10-class task small enough to learn on a CPU in a minute: one digit per image, 64 px
 	$(LSB) generate mnist --out $(DEMO)/mnist-ls-1d --digits 1 --size 64 --train 2000 --test 500 --workers 2
+	rm -rf $(DEMO)/results $(DEMO)/site
 	for m in resnet_base resnet_dec; do \
 	  rm -rf $(DEMO)/runs/$$m; \
 	  $(LSB) train --model $$m --data $(DEMO)/mnist-ls-1d --out $(DEMO)/runs/$$m --size micro --img-size 64 \
 	    --epochs 3 --batch-size 32 --lr 1e-3 --workers 1 || exit 1; \
+	  $(LSB) evaluate --model $$m --checkpoint $(DEMO)/runs/$$m/best.pt --data $(DEMO)/mnist-ls-1d \
+	    --out $(DEMO)/results --workers 1 || exit 1; \
 	done
+	$(LSB) leaderboard $(DEMO)/results --out $(DEMO)/site
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lsbench tests perf tools

@@ -301,6 +301,57 @@ def train(
                       + (f"; final {val_split} accuracy {acc:.4f}" if acc is not None else ""))
 
 
+@app.command()
+@user_errors
+def evaluate(
+    model: str = typer.Option(..., "--model", "-m", help="{arch}_{method} (with --checkpoint) or timm:NAME."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c", help="best.pt/last.pt from `lsbench train`."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Folder for the result JSON."),
+    batch_size: int = typer.Option(64),
+    limit: int | None = typer.Option(None, help="Evaluate only the first N samples (quick looks)."),
+    workers: int = typer.Option(2, help="DataLoader workers."),
+    img_size: int | None = typer.Option(None, help="Input size (default: the model's)."),
+    eque_draws: int = typer.Option(4, help="Scalings Φ~Ω per image for EquE (segmentation)."),
+    skip_corrupt: bool = typer.Option(False, help="Skip corrupt shards (named in the output) instead of stopping."),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Score a model on a dataset split: Acc/mIoU, InvE, EquE, per-scale tables, throughput → results JSON."""
+    from .benchmark.evaluate import evaluate as run_evaluation
+
+    with progress_bar(f"evaluate {model}", quiet) as update:
+        result, path = run_evaluation(
+            model, data, checkpoint=checkpoint, split=split, out=out, batch_size=batch_size, limit=limit,
+            workers=workers, img_size=img_size, eque_draws=eque_draws, skip_corrupt=skip_corrupt, seed=seed,
+            progress=update, log=_log(quiet),
+        )
+    if not quiet and path is not None:
+        m = result["metrics"]
+        parts = [f"{k} {m[k]:.4f}" for k in ("accuracy", "miou", "inve", "eque") if m.get(k) is not None]
+        e = result["efficiency"]
+        console.print(f"{model} on {result['dataset']['name']}/{split}: " + ", ".join(parts)
+                      + f"; {e['images_per_s']:.0f} img/s → {path}")
+
+
+@app.command()
+@user_errors
+def leaderboard(
+    results: Path = typer.Argument(..., help="Folder of result JSONs (from `lsbench evaluate`)."),
+    out: Path = typer.Option(Path("site"), "--out", "-o", help="Site folder to write."),
+) -> None:
+    """Build leaderboard.md, a static sortable index.html and plots per dataset, with the paper's rows."""
+    from .benchmark.leaderboard import build
+
+    folders = build(results, out)
+    for folder in folders:
+        md = folder / "leaderboard.md"
+        if md.is_file():
+            console.print(md.read_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"open {(Path(out) / 'index.html').resolve()}", markup=False)
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"lsbench {__version__}")

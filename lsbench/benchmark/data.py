@@ -11,6 +11,7 @@ order as an uninterrupted one.
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,10 @@ def pipeline(urls: list[str], *, size: int, task: str, train: bool, seed: int = 
 
 
 def loader(directory: Path, split: str, *, size: int, task: str, batch_size: int, train: bool,
-           workers: int = 0, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000):
-    """A ``DataLoader`` over one split yielding ``(images (B, 3, S, S), targets, metas)``."""
-    urls = [str(p) for p in shard_paths(directory, split)]
+           workers: int = 0, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000, skip: Collection[str] = ()):
+    """A ``DataLoader`` over one split yielding ``(images (B, 3, S, S), targets, metas)``; shard file
+    names in ``skip`` are left out."""
+    urls = [str(p) for p in shard_paths(directory, split) if p.name not in skip]
     if not urls:
         raise DatasetError(f"{directory}: split {split!r} has no shards")
     workers = min(workers, len(urls))

@@ -1,0 +1,327 @@
+"""The leaderboard (``lsbench.benchmark.leaderboard``): site layout, ranking, paper rows, escaping, refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from PIL import Image
+
+from lsbench.benchmark import leaderboard as lb
+from lsbench.errors import LsbenchError
+
+HASH_A = "a" * 64
+HASH_B = "b" * 64
+EVIL = "<script>alert(1)</script>|x"
+EVIL_IMG = "<img src=x onerror=\"document.body.setAttribute('data-pwned','1')\">"
+MNIST_BINS = [("[0.4, 1.0]", 0.4, 1.0), ("[1.0, 2.0]", 1.0, 2.0), ("[2.0, 3.0]", 2.0, 3.0)]
+
+
+def make_result(
+    name: str = "swin_dec",
+    accuracy: float | None = 0.9,
+    *,
+    dataset: str = "mnist-ls-3digit",
+    split: str = "test",
+    generator: str = "mnist",
+    task: str = "cls",
+    manifest: str = HASH_A,
+    per_scale: list[tuple[str, float, float]] | None = None,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A schema-valid result; per-scale accuracies/P(correct) scatter around ``accuracy``."""
+    bins = MNIST_BINS if per_scale is None else per_scale
+    acc = accuracy if accuracy is not None else 0.5
+    scales = [
+        {"label": label, "lo": lo, "hi": hi, "count": 100, "accuracy": min(1.0, acc + 0.01 * (i - 1)),
+         "p_correct": min(1.0, 0.9 * acc + 0.02 * i)}
+        for i, (label, lo, hi) in enumerate(bins)
+    ]
+    return {
+        "schema_version": 1,
+        "model": {"name": name, "config": config if config is not None else {"name": name, "size": "micro"},
+                  "checkpoint": "ckpt.pt", "checkpoint_sha256": "c" * 64, "parameters": 1_234_567},
+        "dataset": {"name": dataset, "generator": generator, "split": split, "manifest_sha256": manifest,
+                    "num_samples": 500, "task": task, "num_classes": 1000 if task == "cls" else 3},
+        "metrics": {
+            "num_samples": 500, "num_groups": 100,
+            "accuracy": accuracy if task == "cls" else None, "miou": accuracy if task == "seg" else None,
+            "inve": 5.0 * (1 - acc), "inve_code": 0.05 * (1 - acc),
+            "eque": 0.05 if task == "seg" else None, "eque_code": 0.2 if task == "seg" else None,
+            "accuracy_std_across_scales": 0.01, "per_scale": scales,
+        },
+        "efficiency": {"images_per_s": 321.5, "ms_per_batch": 99.5, "batch_size": 32, "parameters": 1_234_567,
+                       "deq_iterations": 7.5, "deq_residual": 1e-4},
+        "environment": {"device": "cpu", "world_size": 1, "command": "lsbench evaluate",
+                        "versions": {"lsbench": "0.1.0", "torch": "2.14.1", "timm": "1.0", "python": "3.11"},
+                        "wall_time_s": 12.0, "created": "2026-11-26T00:00:00Z"},
+    }
+
+
+def write_results(folder: Path, results: dict[str, dict[str, Any]]) -> Path:
+    """Write ``{relative file name: result}`` under ``folder``."""
+    for rel, data in results.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data), encoding="utf-8")
+    return folder
+
+
+def standard_results(folder: Path) -> Path:
+    """Three MNIST results (one with a hostile name, in a subfolder) and one GSO segmentation result."""
+    return write_results(folder, {
+        "swin_dec.json": make_result("swin_dec", 0.95),
+        "vit_aug.json": make_result("vit_aug", 0.80),
+        "nested/evil.json": make_result(EVIL, 0.90, config={"note": EVIL_IMG}),
+        "gso.json": make_result("vit_dec", 0.70, dataset="gso-ls", generator="gso", task="seg", manifest=HASH_B,
+                                per_scale=[("near", 0.5, 0.9), ("far", 0.9, 1.5)]),
+    })
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> tuple[Path, list[Path]]:
+    root = tmp_path_factory.mktemp("lb")
+    written = lb.build(standard_results(root / "results"), root / "site")
+    return root / "site", written
+
+
+def tbody_rows(html_text: str) -> list[str]:
+    body = html_text.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return re.findall(r"<tr class=\"(?:ours|paper)\".*?</tr>", body, flags=re.S)
+
+
+def test_helper_results_are_schema_valid():
+    schema = json.loads(lb.SCHEMA_PATH.read_text())
+    for task in ("cls", "seg"):
+        jsonschema.validate(make_result(task=task), schema)
+
+
+def test_site_layout(site):
+    out, written = site
+    assert written == [out / "gso-ls-test", out / "mnist-ls-3digit-test"]
+    assert (out / "index.html").is_file()
+    for folder in written:
+        assert (folder / "index.html").is_file() and (folder / "leaderboard.md").is_file()
+        assert sorted((folder / "plots").glob("*.png"))
+    front = (out / "index.html").read_text()
+    assert 'href="mnist-ls-3digit-test/index.html"' in front and 'href="gso-ls-test/index.html"' in front
+
+
+def test_rows_sorted_and_paper_rows_marked(site):
+    out, _ = site
+    rows = tbody_rows((out / "mnist-ls-3digit-test" / "index.html").read_text())
+    ours = [r for r in rows if r.startswith('<tr class="ours"')]
+    paper = [r for r in rows if r.startswith('<tr class="paper"')]
+    assert len(ours) == 3 and len(paper) == 24 + 4  # Table 2: 6 archs x 4 methods; Table 3: 4 methods
+    assert rows[:3] == ours  # ours first, best first
+    assert "swin_dec" in ours[0] and "&lt;script&gt;" in ours[1] and "vit_aug" in ours[2]
+    assert all('<span class="badge">paper</span>' in r for r in paper)
+    assert all('data-source="paper Table 2"' in r for r in paper[:24])
+    assert all('data-source="paper Table 3"' in r for r in paper[24:])
+    assert "96.91 ± 0.12" in "".join(paper)  # Table 2, Swin, Ours: Acc printed with its error bar
+    assert ">95.14<" in "".join(paper)  # Table 3, Ours, [0.4, 1.0] bracket joins our bin column
+
+
+def test_columns(site):
+    out, _ = site
+    cls_page = (out / "mnist-ls-3digit-test" / "index.html").read_text()
+    heads = re.findall(r'<th data-key="([^"]+)"', cls_page)
+    assert heads == ["model", "method", "arch", "source", "acc", "inve", "inve_code", "std", "scale-1", "scale-2",
+                     "scale-3", "images_per_s", "ms_per_batch", "params_m", "deq_iterations", "checkpoint"]
+    seg_page = (out / "gso-ls-test" / "index.html").read_text()
+    seg_heads = re.findall(r'<th data-key="([^"]+)"', seg_page)
+    assert seg_heads[4] == "miou" and "eque" in seg_heads and "eque_code" in seg_heads and "inve_code" in seg_heads
+    row = tbody_rows(cls_page)[0]
+    assert ">95.00<" in row and ">1.23<" in row and ">cccccccccccc<" in row and ">swin_dec.json<" in row
+
+
+def test_seg_table_has_table1_reference(site):
+    out, _ = site
+    rows = tbody_rows((out / "gso-ls-test" / "index.html").read_text())
+    assert len(rows) == 1 + 12
+    assert all('data-source="paper Table 1"' in r for r in rows[1:])
+    assert ">0.050<" in "".join(rows)  # Canon Swin EquE keeps the paper's three decimals
+
+
+def test_html_escapes_everything(site):
+    out, _ = site
+    page = (out / "mnist-ls-3digit-test" / "index.html").read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;|x" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=" in page  # config tooltip
+    assert page.count("<script") == 1  # only the page's own sorting script
+    assert "nested/evil.json" in page
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing external
+
+
+def test_markdown_escapes(site):
+    out, _ = site
+    md = (out / "mnist-ls-3digit-test" / "leaderboard.md").read_text()
+    assert "<script>" not in md and r"&lt;script&gt;alert(1)&lt;/script&gt;\|x" in md
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    cells_per_line = {len(re.split(r"(?<!\\)\|", line)) for line in table}
+    assert len(cells_per_line) == 1  # the escaped | did not add a column
+    assert sum("(paper)" in line and "paper Table" in line for line in table) == 28
+
+
+def test_plots_are_pngs(site):
+    out, _ = site
+    plots = sorted((out / "mnist-ls-3digit-test" / "plots").glob("*.png"))
+    assert len(plots) == 6  # accuracy + P(correct) for each of our 3 models
+    assert {p.name.rsplit("-", 1)[1] for p in plots} == {"acc.png", "pcorrect.png"}
+    for plot in plots:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(plot) as im:
+            im.verify()
+    page = (out / "mnist-ls-3digit-test" / "index.html").read_text()
+    for plot in plots:
+        assert f'src="plots/{plot.name}"' in page
+
+
+def test_refuses_different_manifest_hashes(tmp_path):
+    results = write_results(tmp_path / "r", {
+        "one.json": make_result("swin_dec"),
+        "two.json": make_result("vit_dec", manifest=HASH_B),
+    })
+    with pytest.raises(lb.LeaderboardError) as info:
+        lb.build(results, tmp_path / "site")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "one.json" in message and "two.json" in message and HASH_A in message and HASH_B in message
+    assert not (tmp_path / "site").exists()  # refused before writing anything
+
+
+def test_same_dataset_other_split_is_another_table(tmp_path):
+    results = write_results(tmp_path / "r", {
+        "a.json": make_result("swin_dec"),
+        "b.json": make_result("swin_dec", split="test_04_10", manifest=HASH_A),
+    })
+    assert [p.name for p in lb.build(results, tmp_path / "site")] == ["mnist-ls-3digit-test",
+                                                                        "mnist-ls-3digit-test_04_10"]
+
+
+def test_invalid_json_names_the_file(tmp_path):
+    results = write_results(tmp_path / "r", {"good.json": make_result()})
+    (results / "broken.json").write_text('{"schema_version": 1,')
+    with pytest.raises(LsbenchError, match=r"broken\.json: not valid JSON") as info:
+        lb.build(results, tmp_path / "site")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ['{"a": NaN}', "\xff\xfe", ""])
+def test_non_json_content(tmp_path, text):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "x.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(lb.LeaderboardError, match=r"x\.json: not valid JSON"):
+        lb.build(tmp_path / "r", tmp_path / "site")
+
+
+def test_schema_violation_names_file_and_field(tmp_path):
+    bad = make_result()
+    bad["dataset"]["manifest_sha256"] = "not-a-hash"
+    write_results(tmp_path / "r", {"bad.json": bad})
+    with pytest.raises(lb.LeaderboardError, match=r"bad\.json: not a valid lsbench result at dataset/manifest_sha256"):
+        lb.build(tmp_path / "r", tmp_path / "site")
+
+
+def test_empty_or_missing_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(lb.LeaderboardError, match="no result files"):
+        lb.build(tmp_path / "empty", tmp_path / "site")
+    with pytest.raises(lb.LeaderboardError, match="does not exist"):
+        lb.build(tmp_path / "nope", tmp_path / "site")
+
+
+def test_unknown_generator_has_no_paper_rows_and_rebuild_replaces_plots(tmp_path):
+    one = make_result("my model $x$", 0.5, dataset="<b>odd</b>", generator="custom", per_scale=[("s", 1.0, 1.0)])
+    write_results(tmp_path / "r", {"one.json": one})
+    folder = lb.build(tmp_path / "r", tmp_path / "site")[0]
+    page = (folder / "index.html").read_text()
+    assert len(tbody_rows(page)) == 1 and "&lt;b&gt;odd&lt;/b&gt;" in page and "<b>odd" not in page
+    assert folder.name == "b-odd-b-test"
+    (folder / "plots" / "stale.png").write_bytes(b"old")
+    lb.build(tmp_path / "r", tmp_path / "site")
+    assert not (folder / "plots" / "stale.png").exists()
+
+
+def test_result_without_metrics_sorts_last(tmp_path):
+    write_results(tmp_path / "r", {"a.json": make_result("vit_base", None), "b.json": make_result("vit_dec", 0.1)})
+    page = (lb.build(tmp_path / "r", tmp_path / "site")[0] / "index.html").read_text()
+    rows = tbody_rows(page)
+    assert "vit_dec" in rows[0] and "vit_base" in rows[1] and "—" in rows[1]
+
+
+def test_arch_and_method_from_config_or_name():
+    assert lb.arch_method({"name": "x", "config": {"name": "deit_invl"}}) == ("deit", "invl")
+    assert lb.arch_method({"name": "beit_augl", "config": {}}) == ("beit", "augl")
+    assert lb.arch_method({"name": "mine", "config": {"arch": "vit", "method": "dec"}}) == ("vit", "dec")
+    assert lb.arch_method({"name": EVIL, "config": {}}) == ("—", "—")
+
+
+# -- the transcribed paper numbers -------------------------------------------------------------
+
+
+def paper_rows(kind: str, table: int) -> list[dict[str, Any]]:
+    return next(t for t in lb.load_paper()[kind] if t["table"] == table)["rows"]
+
+
+def test_paper_tables_complete():
+    paper = lb.load_paper()
+    assert [t["table"] for t in paper["gso"]] == [1]
+    assert [t["table"] for t in paper["mnist"]] == [2, 3]
+    assert [t["table"] for t in paper["imagenet"]] == [5, 6]
+    assert len(paper_rows("gso", 1)) == 3 * 4
+    assert len(paper_rows("mnist", 2)) == 6 * 4
+    assert len(paper_rows("imagenet", 5)) == 4 * 5
+    for kind in lb.KINDS:
+        for table in paper[kind]:
+            assert table["source"] == f"paper Table {table['table']}" and table["caption"].startswith("Table")
+            for row in table["rows"]:
+                assert row["arch"] in lb.ARCHS and row["method"] in lb.METHODS
+                assert paper["paper"]["arch_names"][row["paper_arch"]] == row["arch"]
+                assert paper["paper"]["method_names"][row["paper_method"]] == row["method"]
+
+
+def test_paper_spot_values():
+    t1 = {(r["arch"], r["method"]): r for r in paper_rows("gso", 1)}
+    assert (t1["vit", "aug"]["miou"], t1["vit", "aug"]["eque"]) == (82.18, 0.054)
+    assert (t1["dinov2", "dec"]["miou"], t1["dinov2", "dec"]["eque"]) == (80.86, 0.055)
+    t2 = {(r["arch"], r["method"]): r for r in paper_rows("mnist", 2)}
+    keys = ("accuracy", "accuracy_pm", "inve", "inve_pm")
+    assert [t2["resnet", "aug"][k] for k in keys] == [93.09, 0.41, 13.71, 1.65]
+    assert [t2["dinov2", "dec"][k] for k in keys] == [97.9, 0.21, 2.62, 1.69]
+    t5 = {(r["arch"], r["method"]): r for r in paper_rows("imagenet", 5)}
+    assert (t5["beit", "dec"]["accuracy"], t5["beit", "dec"]["inve"]) == (85.08, 6.24)
+
+
+@pytest.mark.parametrize(("kind", "table"), [("mnist", 3), ("imagenet", 6)])
+def test_paper_per_scale_tables_are_consistent(kind, table):
+    """'Overall' is the mean of the printed per-scale numbers and '±' their population std (to rounding)."""
+    for row in paper_rows(kind, table):
+        values = [b["accuracy"] for b in row["per_scale"]]
+        assert abs(statistics.mean(values) - row["accuracy"]) < 0.006
+        assert abs(statistics.pstdev(values) - row["accuracy_std_across_scales"]) < 0.01
+
+
+def test_paper_table6_overall_equals_table5_swin():
+    t5 = {r["method"]: r["accuracy"] for r in paper_rows("imagenet", 5) if r["arch"] == "swin"}
+    t6 = {r["method"]: r["accuracy"] for r in paper_rows("imagenet", 6)}
+    assert t5 == t6
+
+
+def test_imagenet_point_scales_join_our_columns(tmp_path):
+    scales = [(f"{s:.1f}", s, s) for s in (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)]
+    write_results(tmp_path / "r", {"a.json": make_result("swin_dec", 0.8, dataset="imnet", generator="imagenet",
+                                                         per_scale=scales)})
+    page = (lb.build(tmp_path / "r", tmp_path / "site")[0] / "index.html").read_text()
+    heads = re.findall(r'<th data-key="(scale-\d+)"', page)
+    assert len(heads) == 7
+    assert len(tbody_rows(page)) == 1 + 20 + 5
+
+
+def test_build_does_not_mutate_paper_numbers(site):
+    assert lb.load_paper() == json.loads(lb.PAPER_PATH.read_text())
