@@ -311,7 +311,7 @@ def evaluate(
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Folder for the result JSON."),
     batch_size: int = typer.Option(64),
     limit: int | None = typer.Option(None, help="Evaluate only the first N samples (quick looks)."),
-    workers: int = typer.Option(2, help="DataLoader workers."),
+    workers: int | None = typer.Option(None, help="DataLoader workers (default: 0 on CPU, up to 8 with CUDA)."),
     img_size: int | None = typer.Option(None, help="Input size (default: the model's)."),
     eque_draws: int = typer.Option(4, help="Scalings Φ~Ω per image for EquE (segmentation)."),
     skip_corrupt: bool = typer.Option(False, help="Skip corrupt shards (named in the output) instead of stopping."),

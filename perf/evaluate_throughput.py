@@ -39,7 +39,8 @@ def main() -> None:
     ap.add_argument("--size", default="tiny")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--n", type=int, default=1000, help="test images (a multiple of 5)")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for both sides (2 competes with "
+                    "the model for a 2-core CPU: see evaluate_throughput_workers2.json)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "evaluate_throughput.json")
     args = ap.parse_args()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import platform
 import resource
 import shlex
@@ -171,7 +172,7 @@ def evaluate(
     out: Path | None = None,
     batch_size: int = 64,
     limit: int | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     img_size: int | None = None,
     eque_draws: int = 4,
     eque_strength: float = 0.25,
@@ -191,6 +192,10 @@ def evaluate(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     rank, world, device = distributed.setup()
+    if workers is None:
+        # On a CPU-only machine decoding workers compete with the model for the same cores
+        # (measured: 0.89× of a raw forward loop with 2 workers on 2 cores, 0.94× with none).
+        workers = min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0
     corrupt = _check_shards(data, split, skip_corrupt, log if rank == 0 else None)
     net, config, size = build_model(name, info, checkpoint, pretrained, img_size)
     net = net.to(device).eval()
