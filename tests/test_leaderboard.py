@@ -325,3 +325,14 @@ def test_imagenet_point_scales_join_our_columns(tmp_path):
 
 def test_build_does_not_mutate_paper_numbers(site):
     assert lb.load_paper() == json.loads(lb.PAPER_PATH.read_text())
+
+
+def test_paper_rows_only_for_the_papers_task(tmp_path):
+    """A 10-class (1-digit) MNIST-LS is not the paper's 1,000-class task: no paper rows beside it."""
+    result = make_result("resnet_dec", 0.9)
+    result["dataset"]["num_classes"] = 10
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "r.json").write_text(json.dumps(result))
+    (folder,) = lb.build(results, tmp_path / "site")
+    assert "paper Table" not in (folder / "leaderboard.md").read_text()
