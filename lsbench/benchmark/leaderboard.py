@@ -309,11 +309,19 @@ def paper_row(entry: dict[str, Any], table: dict[str, Any]) -> Row:
     )
 
 
-def paper_tables(kind: str | None, task: str) -> list[dict[str, Any]]:
-    """The paper tables shown beside a dataset of this kind and task."""
-    if kind is None:
+# The paper's classification tasks have 1,000 classes (3-digit MNIST-LS, ImageNet): its numbers are
+# no reference for e.g. a 1-digit, 10-class MNIST-LS.
+PAPER_NUM_CLASSES = {"mnist": 1000, "imagenet": 1000}
+
+
+def paper_tables(table: Table) -> list[dict[str, Any]]:
+    """The paper tables shown beside a table: same dataset kind and task, and the paper's class count."""
+    if table.kind is None:
         return []
-    return [t for t in load_paper().get(kind, []) if t["task"] == task]
+    expected = PAPER_NUM_CLASSES.get(table.kind)
+    if expected is not None and table.dataset["num_classes"] != expected:
+        return []
+    return [t for t in load_paper().get(table.kind, []) if t["task"] == table.task]
 
 
 def _by_primary(rows: Iterable[Row]) -> list[Row]:
@@ -326,19 +334,10 @@ def _by_primary(rows: Iterable[Row]) -> list[Row]:
     return sorted(rows, key=key)
 
 
-# The paper's classification tasks have 1,000 classes (3-digit MNIST-LS, ImageNet): its numbers are
-# no reference for e.g. a 1-digit, 10-class MNIST-LS.
-PAPER_NUM_CLASSES = {"mnist": 1000, "imagenet": 1000}
-
-
 def table_rows(table: Table) -> list[Row]:
-    """Our rows (best first), then the paper's reference rows (per paper table, best first), when the
-    dataset is the paper's task."""
+    """Our rows (best first), then the paper's reference rows (per paper table, best first)."""
     rows = _by_primary(our_row(r) for r in table.results)
-    expected = PAPER_NUM_CLASSES.get(table.kind or "")
-    if expected is not None and table.dataset["num_classes"] != expected:
-        return rows
-    for ptable in paper_tables(table.kind, table.task):
+    for ptable in paper_tables(table):
         rows += _by_primary(paper_row(entry, ptable) for entry in ptable["rows"])
     return rows
 
@@ -632,7 +631,7 @@ def _plots_html(rows: list[Row]) -> str:
 
 
 def _paper_notes_html(table: Table) -> str:
-    ptables = paper_tables(table.kind, table.task)
+    ptables = paper_tables(table)
     if not ptables:
         return "<p class=\"notes\">The paper reports no numbers for this kind of dataset.</p>"
     items = []
@@ -706,7 +705,7 @@ def table_markdown(table: Table, rows: list[Row], cols: list[Column]) -> str:
             cells[0] += " (paper)"
         lines.append("| " + " | ".join(md_escape(c) for c in cells) + " |")
     lines += ["", md_escape(PAPER_NOTE)]
-    for pt in paper_tables(table.kind, table.task):
+    for pt in paper_tables(table):
         notes = " ".join(md_escape(note) for note in pt["notes"])
         lines.append(f"- {md_escape(pt['source'])}: {md_escape(pt['caption'])} {notes}")
     return "\n".join(lines) + "\n"
