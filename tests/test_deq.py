@@ -16,15 +16,6 @@ from lsbench.errors import ConfigError
 SOLVER_FNS = {"anderson": anderson, "fixed_point": fixed_point_iter}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: a second intra-op thread only adds overhead (and stalls badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def symmetric_contraction(d: int, rho: float, gen: torch.Generator, dtype=torch.float64) -> torch.Tensor:
     """``W = Q diag(λ) Qᵀ`` with ``λ`` spread evenly over ``[-rho, rho]``: spectral norm and radius ``rho``."""
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))

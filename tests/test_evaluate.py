@@ -20,14 +20,6 @@ from lsbench.shards import manifest_sha256, sha256_file
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "mnist-ls"

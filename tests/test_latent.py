@@ -36,14 +36,6 @@ from lsbench.dec_models.latent import (
 ARCHS = registry.ARCHS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def img_size(arch: str) -> int:
     return 28 if arch == "dinov2" else 32
 

@@ -23,14 +23,6 @@ from lsbench.errors import ConfigError
 ALL_NAMES = registry.model_names()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def img_size(name: str, task: str = "cls") -> int:
     """Small input sizes: 32 px (cls) / 64 px (seg); DINOv2 (patch 14) 28 / 56 px."""
     if name.startswith("dinov2"):

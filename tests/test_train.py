@@ -25,14 +25,6 @@ TRAIN, TEST, BATCH = 96, 40, 16
 STEPS_PER_EPOCH = TRAIN // BATCH
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def mnist_ls(tmp_path_factory) -> Path:
     """Tiny MNIST-LS: 1 digit per 32-px image (scales 0.6–1.1 so it fits), test = 20 groups of 1 + 1 variant."""
