@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import signal
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,11 +48,24 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _one_line(error: BaseException) -> str:
+    """The message of an lsbench error; one raised in a DataLoader worker arrives wrapped in the
+    worker's traceback text, whose last line is the message itself."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def user_errors(fn):
-    """Turn library exceptions for user mistakes into one line and an exit code."""
+    """Turn library exceptions for user mistakes (and the environment's: disk, permissions, GPU
+    memory) into one line and an exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import torch
+
         try:
             return fn(*args, **kwargs)
         except Interrupted as e:
@@ -61,7 +73,11 @@ def user_errors(fn):
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except LsbenchError as e:
-            _fail(str(e))
+            _fail(_one_line(e))
+        except torch.cuda.OutOfMemoryError:
+            _fail("the GPU ran out of memory; lower --batch-size (or --img-size)")
+        except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+            _fail(f"{e.strerror}: {e.filename}" if e.filename else str(e))
 
     return wrapper
 
@@ -315,6 +331,7 @@ def evaluate(
     img_size: int | None = typer.Option(None, help="Input size (default: the model's)."),
     eque_draws: int = typer.Option(4, help="Scalings Φ~Ω per image for EquE (segmentation)."),
     skip_corrupt: bool = typer.Option(False, help="Skip corrupt shards (named in the output) instead of stopping."),
+    amp: bool = typer.Option(True, help="Mixed precision on CUDA (--no-amp: full float32)."),
     seed: int = typer.Option(0),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -324,7 +341,7 @@ def evaluate(
     with progress_bar(f"evaluate {model}", quiet) as update:
         result, path = run_evaluation(
             model, data, checkpoint=checkpoint, split=split, out=out, batch_size=batch_size, limit=limit,
-            workers=workers, img_size=img_size, eque_draws=eque_draws, skip_corrupt=skip_corrupt, seed=seed,
+            workers=workers, img_size=img_size, eque_draws=eque_draws, skip_corrupt=skip_corrupt, amp=amp, seed=seed,
             progress=update, log=_log(quiet),
         )
     if not quiet and path is not None:
@@ -376,4 +393,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)

@@ -141,3 +141,22 @@ def test_two_process_torchrun_equals_single_process(data, ckpt, tmp_path):
     ddp = json.loads(path.read_text())
     assert ddp["environment"]["world_size"] == 2
     assert_same_metrics(ddp["metrics"], single["metrics"])
+
+
+def test_errors_raised_in_loader_workers_reach_the_user_as_one_line(data):
+    from lsbench.benchmark.data import loader
+    from lsbench.cli import _one_line
+    from lsbench.errors import DatasetError
+
+    with pytest.raises(DatasetError) as caught:  # a classification set read as segmentation
+        next(iter(loader(data, "test", size=32, task="seg", batch_size=4, train=False, workers=1)))
+    assert "Original Traceback" in str(caught.value)  # how torch wraps a worker's exception
+    line = _one_line(caught.value)
+    assert "\n" not in line and "has no mask.png" in line and not line.startswith("lsbench")
+
+
+def test_limit_is_exact_and_validated(data, ckpt):
+    result, _ = evaluate("resnet_dec", data, checkpoint=ckpt, batch_size=8, workers=0, limit=10)
+    assert result["metrics"]["num_samples"] == 10 and result["dataset"]["num_samples"] == 10
+    with pytest.raises(Exception, match="--limit must be at least 1"):
+        evaluate("resnet_dec", data, checkpoint=ckpt, limit=0)

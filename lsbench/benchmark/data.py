@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DatasetError
-from ..shards import decode_sample, read_manifest, shard_paths
+from ..shards import decode_sample, read_manifest, sha256_file, shard_paths
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -49,6 +49,28 @@ class DatasetInfo:
         splits = {s: e["num_samples"] for s, e in manifest["splits"].items()}
         return cls(Path(directory), manifest.get("name", "?"), manifest.get("generator", "?"),
                    config.get("task", "cls"), int(config["num_classes"]), splits)
+
+
+def verify_shards(directory: Path, split: str, *, skip_corrupt: bool = False, log=None) -> list[str]:
+    """Check the split's shards against the manifest (size and sha256) before reading them.
+
+    A missing or corrupt shard stops the run with its name, or with ``skip_corrupt`` is reported
+    through ``log`` and returned, to be left out.
+    """
+    manifest = read_manifest(directory)
+    bad = []
+    for rec in manifest["splits"][split]["shards"]:
+        path = Path(directory) / rec["name"]
+        if not path.is_file() or path.stat().st_size != rec["bytes"] or sha256_file(path) != rec["sha256"]:
+            bad.append(rec["name"])
+    if bad and not skip_corrupt:
+        raise DatasetError(
+            f"{directory}: shard {bad[0]} is missing or corrupt ({len(bad)} bad in split {split!r}); regenerate "
+            "it (rerun the generate command) or pass --skip-corrupt to leave it out"
+        )
+    if bad and log:
+        log(f"skipping {len(bad)} corrupt shard(s): {', '.join(bad)}")
+    return bad
 
 
 def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:

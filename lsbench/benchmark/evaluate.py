@@ -11,9 +11,11 @@ sha256), dataset (name, split, manifest sha256), metrics with per-scale tables, 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import sys
@@ -23,16 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from .. import __version__
 from ..dec_models import checkpoint as ckpt_io
 from ..dec_models.registry import count_parameters, model_names
-from ..errors import ConfigError, DatasetError
-from ..shards import manifest_sha256, read_manifest, sha256_file
+from ..errors import ConfigError
+from ..shards import manifest_sha256, sha256_file
 from . import distributed
-from .data import DatasetInfo, loader
+from .data import DatasetInfo, loader, verify_shards
 from .metrics import Metrics, all_reduce_state, equivariance_errors
 
 SCHEMA_PATH = Path(__file__).with_name("result.schema.json")
@@ -63,7 +64,7 @@ class _TimmModel(nn.Module):
     def __init__(self, net: nn.Module, config: dict[str, Any]):
         super().__init__()
         self.net = net
-        self.config = config
+        self.config = config  # plain dict, like a checkpoint's model_config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -72,26 +73,34 @@ class _TimmModel(nn.Module):
         return {}
 
 
-def build_model(name: str, info: DatasetInfo, checkpoint: Path | None, pretrained: str | None,
+def build_model(name: str, info: DatasetInfo, checkpoint: Path | None,
                 img_size: int | None) -> tuple[nn.Module, dict[str, Any], int]:
     """The model to evaluate, its config dict and its input size."""
     if name.startswith("timm:"):
         import timm
 
-        from ..dec_models.registry import _read_state_dict, load_backbone_weights
+        from ..dec_models.registry import read_state_dict
 
         if info.task != "cls":
             raise ConfigError("plain timm models are classifiers; segmentation needs an lsbench model")
         net = timm.create_model(name[5:], pretrained=False, num_classes=info.num_classes)
-        source = checkpoint or (Path(pretrained) if pretrained and pretrained not in ("none", "timm") else None)
+        source = checkpoint
         if source is None:
             raise ConfigError(
                 f"{name}: pass --checkpoint FILE with its weights (evaluating random weights is meaningless)"
             )
-        load_backbone_weights(net, _read_state_dict(Path(source)), str(source))
+        state = read_state_dict(Path(source))
+        own = net.state_dict()
+        mismatched = [k for k, v in own.items() if k not in state or state[k].shape != v.shape]
+        if mismatched:  # evaluation must not run with a randomly initialised part (e.g. the head)
+            raise ConfigError(
+                f"{source} does not fit timm:{name[5:]} with {info.num_classes} classes "
+                f"({len(mismatched)} tensors missing or of another shape, e.g. {mismatched[0]})"
+            )
+        net.load_state_dict({k: state[k] for k in own})
         size = img_size or net.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-        return _TimmModel(net, {"name": name, "timm_name": name[5:], "num_classes": info.num_classes}), {
-            "name": name, "timm_name": name[5:], "num_classes": info.num_classes, "img_size": size}, size
+        config = {"name": name, "timm_name": name[5:], "num_classes": info.num_classes, "img_size": size}
+        return _TimmModel(net, config), config, size
     if checkpoint is None:
         raise ConfigError(f"{name}: pass --checkpoint runs/NAME/best.pt (written by `lsbench train`)")
     model, ckpt = ckpt_io.load_model(checkpoint)
@@ -103,26 +112,13 @@ def build_model(name: str, info: DatasetInfo, checkpoint: Path | None, pretraine
             f"{checkpoint} was trained for {stored['num_classes']} classes ({stored['task']}), the dataset has "
             f"{info.num_classes} ({info.task}); evaluate it on the dataset it was trained for"
         )
+    if img_size is not None and img_size != stored["img_size"] and stored.get("arch", name.split("_")[0]) != "resnet":
+        raise ConfigError(
+            f"{name} was built for {stored['img_size']}-px inputs (position embeddings, windows); "
+            "leave --img-size out or pass that size"
+        )
     size = img_size or stored["img_size"]
     return model, stored, size
-
-
-def _check_shards(directory: Path, split: str, skip_corrupt: bool, log) -> list[str]:
-    """Verify the split's shards against the manifest; corrupt ones stop the run or are skipped."""
-    manifest = read_manifest(directory)
-    bad = []
-    for rec in manifest["splits"][split]["shards"]:
-        path = directory / rec["name"]
-        if not path.is_file() or sha256_file(path) != rec["sha256"]:
-            bad.append(rec["name"])
-    if bad and not skip_corrupt:
-        raise DatasetError(
-            f"{directory}: shard {bad[0]} is missing or corrupt ({len(bad)} bad in split {split!r}); regenerate "
-            "it (rerun the generate command) or pass --skip-corrupt to evaluate the rest"
-        )
-    if bad and log:
-        log(f"skipping {len(bad)} corrupt shard(s): {', '.join(bad)}")
-    return bad
 
 
 def _scale_bins(info: DatasetInfo) -> str:
@@ -144,22 +140,29 @@ def _hardware(device: torch.device) -> dict[str, Any]:
     return hw
 
 
+@functools.cache
+def _schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
 def validate_result(result: dict[str, Any]) -> None:
     """Raise :class:`ConfigError` if ``result`` does not follow the shipped JSON Schema."""
     import jsonschema
 
-    schema = json.loads(SCHEMA_PATH.read_text())
     try:
-        jsonschema.validate(result, schema)
+        jsonschema.validate(result, _schema())
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ConfigError(f"result does not follow the schema at {where}: {e.message}") from None
 
 
 def result_filename(result: dict[str, Any]) -> str:
-    model = result["model"]["name"].replace(":", "-").replace("/", "-")
-    sha = (result["model"]["checkpoint_sha256"] or "random")[:8]
-    return f"{model}__{result['dataset']['name']}__{result['dataset']['split']}__{sha}.json"
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+    sha = (result["model"]["checkpoint_sha256"] or "none")[:8]
+    parts = (result["model"]["name"], result["dataset"]["name"], result["dataset"]["split"], sha)
+    return "__".join(safe(p) for p in parts) + ".json"
 
 
 def evaluate(
@@ -167,7 +170,6 @@ def evaluate(
     data: Path,
     *,
     checkpoint: Path | None = None,
-    pretrained: str | None = None,
     split: str = "test",
     out: Path | None = None,
     batch_size: int = 64,
@@ -196,14 +198,18 @@ def evaluate(
         # On a CPU-only machine decoding workers compete with the model for the same cores
         # (measured: 0.89× of a raw forward loop with 2 workers on 2 cores, 0.94× with none).
         workers = min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0
-    corrupt = _check_shards(data, split, skip_corrupt, log if rank == 0 else None)
-    net, config, size = build_model(name, info, checkpoint, pretrained, img_size)
+    corrupt = verify_shards(data, split, skip_corrupt=skip_corrupt, log=log if rank == 0 else None)
+    net, config, size = build_model(name, info, checkpoint, img_size)
     net = net.to(device).eval()
     use_amp = amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     # streams ≥ workers: DataLoader workers interleave their batches, so a group may resume later.
     metrics = Metrics(info.task, info.num_classes, _scale_bins(info), streams=max(8, workers), device=device)
     generator = torch.Generator().manual_seed(seed + rank)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
+    if workers < 0:
+        raise ConfigError(f"--workers must be at least 0, got {workers}")
     total = info.splits[split] if limit is None else min(limit, info.splits[split])
     total_local = -(-total // world)
     seen, batches, forward_s = 0, 0, 0.0
@@ -216,8 +222,11 @@ def evaluate(
                           workers=workers, skip=set(corrupt))
     with torch.inference_mode():
         for x, y, metas in batches_iter:
-            if limit is not None and seen >= total_local:
+            if seen >= total_local:
                 break
+            if seen + len(x) > total_local:  # --limit: evaluate exactly that many samples
+                keep = total_local - seen
+                x, y, metas = x[:keep], y[:keep], metas[:keep]
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             t0 = time.perf_counter()
@@ -226,6 +235,7 @@ def evaluate(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             forward_s += time.perf_counter() - t0
+            stats = net.solver_stats()  # of this forward, before the EquE forwards below
             probs = torch.softmax(logits.float(), dim=1)
             metrics.update(probs, y, metas)
             if info.task == "seg" and eque_draws > 0:
@@ -236,7 +246,6 @@ def evaluate(
                 sq, code = equivariance_errors(model_fn, x, draws=eque_draws, strength=eque_strength,
                                                generator=generator)
                 metrics.add_equivariance(sq, code, draws=eque_draws)
-            stats = net.solver_stats()
             if stats:
                 deq_its.append(stats["deq_iterations"])
                 deq_res.append(stats["deq_residual"])
@@ -245,11 +254,9 @@ def evaluate(
             if progress:
                 progress(min(seen, total_local), total_local)
     loop_s = time.perf_counter() - loop_start
-    metrics.finalize()
     state = all_reduce_state(metrics.state())
-    counts = torch.tensor([float(seen), loop_s, forward_s, float(batches)], dtype=torch.float64)
-    if world > 1:
-        dist.all_reduce(counts)
+    counts = all_reduce_state({"counts": torch.tensor([float(seen), loop_s, forward_s, float(batches)],
+                                                      dtype=torch.float64, device=device)})["counts"]
     computed = metrics.compute_from(state)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20

@@ -266,7 +266,8 @@ def our_row(result: Result) -> Row:
     values = {
         "primary": _pct(primary),
         "inve": metrics.get("inve"),
-        "inve_code": metrics.get("inve_code"),
+        # ×100: the paper prints its (code-form) InvE in 10⁻² units, and its rows share this column.
+        "inve_code": None if metrics.get("inve_code") is None else 100 * metrics["inve_code"],
         "eque": metrics.get("eque"),
         "eque_code": metrics.get("eque_code"),
         "std": _pct(metrics.get("accuracy_std_across_scales")),
@@ -293,9 +294,12 @@ def load_paper() -> dict[str, Any]:
 
 
 def paper_row(entry: dict[str, Any], table: dict[str, Any]) -> Row:
-    """A reference row from one entry of a paper table (values are stored as printed: %, ×10⁻²)."""
+    """A reference row from one entry of a paper table (values are stored as printed: %, ×10⁻²).
+
+    The paper's tables come from its code, whose InvE/EquE are the code forms (DESIGN.md, Metrics):
+    they go in the ``(code)`` columns, not beside our Eq. 23/24 numbers."""
     primary = "miou" if table["task"] == "seg" else "accuracy"
-    keys = {"primary": primary, "inve": "inve", "eque": "eque", "std": "accuracy_std_across_scales"}
+    keys = {"primary": primary, "inve_code": "inve", "eque_code": "eque", "std": "accuracy_std_across_scales"}
     values = {k: entry.get(src) for k, src in keys.items()}
     pm = {k: entry[f"{src}_pm"] for k, src in keys.items() if f"{src}_pm" in entry}
     decimals = {k: table["decimals"][src] for k, src in keys.items() if src in table["decimals"]}
@@ -405,7 +409,7 @@ def columns(table: Table, rows: list[Row]) -> list[Column]:
         Column("miou" if table.task == "seg" else "acc", primary, True, "high", _metric("primary"), 2, "primary"),
     ]
     optional = [
-        ("inve", "InvE (×10⁻²)", 2), ("inve_code", "InvE(code)", None),
+        ("inve", "InvE (×10⁻²)", 2), ("inve_code", "InvE(code) (×10⁻²)", 2),
         ("eque", "EquE", None), ("eque_code", "EquE(code)", None),
     ]
     cols += [Column(k, t, True, "low", _metric(k), d, k) for k, t, d in optional if _has_values(rows, k)]

@@ -31,7 +31,11 @@ from ..dec_models.baselines import method_loss
 from ..dec_models.registry import LSModel, create_model, parse_name
 from ..errors import ConfigError
 from . import distributed
-from .data import DatasetInfo, loader
+from .data import DatasetInfo, loader, verify_shards
+
+# Options a resumed run may change (everything else must match the checkpoint's run).  More
+# epochs extend a run; with the cosine schedule that also stretches the remaining decay.
+RESUMABLE_CHANGES = frozenset({"out", "epochs", "workers", "val_limit", "log_every", "pretrained"})
 
 
 @dataclass
@@ -113,6 +117,22 @@ def resolve(cfg: TrainConfig, info: DatasetInfo) -> TrainConfig:
             raise ConfigError(f"{info.directory} has no split {split!r} (it has {', '.join(sorted(info.splits))})")
     if out.mixup and info.task != "cls":
         raise ConfigError("--mixup is for classification datasets")
+    checks = [
+        (out.latent_mode in ("equivariant", "invariant"), "--latent-mode must be equivariant or invariant"),
+        (out.dec_backward in ("implicit", "phantom"), "--dec-backward must be implicit or phantom"),
+        (out.grid >= 1, "--grid must be at least 1"),
+        (out.aug_strength >= 0, "--aug-strength must be >= 0"),
+        (out.workers >= 0, "--workers must be >= 0"),
+        (out.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+        (0 <= out.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+        (0 <= out.random_erase <= 1, "--random-erase must be in [0, 1]"),
+        (out.layer_decay is None or 0 < out.layer_decay <= 1, "--layer-decay must be in (0, 1]"),
+        (out.val_limit is None or out.val_limit >= 1, "--val-limit must be at least 1"),
+        (out.max_steps_per_epoch is None or out.max_steps_per_epoch >= 1, "--max-steps-per-epoch must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
     return out
 
 
@@ -157,22 +177,15 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """All RNG streams training draws from (timm's Mixup uses numpy, RandomErasing ``random``),
-    as tensors and numbers so the checkpoint stays ``weights_only``-loadable."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "method": generator.get_state(),
-            "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_pos": int(pos),
-            "numpy_gauss": [int(has_gauss), float(cached)],
-            "python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
-
-
-def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["method"])
-    has_gauss, cached = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, cached))
-    random.setstate((3, tuple(int(v) for v in state["python"]), None))
+def _seed_epoch(seed: int, rank: int, epoch: int, generator: torch.Generator) -> None:
+    """Seed every RNG training draws from (torch CPU+CUDA, numpy for timm's Mixup, ``random`` for
+    RandomErasing, the method's generator) from (seed, rank, epoch): a run resumed at an epoch
+    boundary draws exactly what the uninterrupted run drew, on every rank, with no state to save."""
+    s = (seed * 1_000_003 + rank * 10_007 + epoch) % 2**31
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s)
+    generator.manual_seed(s + 1)
 
 
 @torch.no_grad()
@@ -212,6 +225,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
     """Train (or resume) and return where the checkpoints are; see the module docstring."""
     info = DatasetInfo.read(Path(cfg.data))
     cfg = resolve(cfg, info)
+    for split in {cfg.train_split, cfg.val_split}:
+        verify_shards(Path(cfg.data), split)
     out = Path(cfg.out)
     rank, world, device = distributed.setup()
     torch.manual_seed(cfg.seed + rank)
@@ -224,7 +239,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
     if resume:
         ckpt = checkpoint.read(last_path)
         stored = ckpt.get("train_config", {})
-        changed = [k for k in ("model", "size", "img_size", "batch_size", "seed") if stored.get(k) != getattr(cfg, k)]
+        changed = [k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and stored.get(k) != v]
+        if ckpt.get("world_size", world) != world:
+            changed.append(f"world size ({ckpt['world_size']} processes)")
         if changed:
             raise ConfigError(f"--resume: {last_path} was trained with other {', '.join(changed)}; "
                               "use the same options or a new --out")
@@ -272,7 +289,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"], generator)
         start_epoch = ckpt["epoch"] + 1
         best_acc = ckpt.get("best_accuracy", -1.0)
         metrics = ckpt.get("metrics", {})
@@ -286,6 +302,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
     try:
         model.train()
         for epoch in range(start_epoch, cfg.epochs):
+            _seed_epoch(cfg.seed, rank, epoch, generator)
             t0 = time.perf_counter()
             running, seen = 0.0, 0
             batches = loader(Path(cfg.data), cfg.train_split, size=cfg.img_size, task=info.task,
@@ -333,7 +350,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
                 log_file.flush()
                 state = {"train_config": asdict(cfg), "epoch": epoch, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "rng": _rng_state(generator), "metrics": metrics,
+                         "world_size": world, "metrics": metrics,
                          "best_accuracy": max(best_acc, val["accuracy"]), "dataset": info.name}
                 checkpoint.save(last_path, model, **state)
                 if val["accuracy"] > best_acc:

@@ -114,7 +114,9 @@ class DEC(nn.Module):
             return torch.cat([lx.flatten(1), ly.flatten(1)], dim=1)
 
         gy, gx = self.grid
-        z0 = torch.zeros(x.shape[0], (gy + 1) * gx + (gx + 1) * gy, device=x.device, dtype=x.dtype)
+        # The iterate stays at least float32 (under AMP the maps may be bf16/fp16).
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        z0 = torch.zeros(x.shape[0], (gy + 1) * gx + (gx + 1) * gy, device=x.device, dtype=dtype)
         # Absolute residual: logits near zero (near-identity scalings) make a relative one unreachable.
         z, self.last_stats = deq.solve(
             h, z0, solver=self.solver, backward=self.backward, tol=self.tol, max_iter=self.max_iter, stop_mode="abs"
@@ -170,12 +172,13 @@ class Canon(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         small = _downsample(x, self.resolution)
         b, n = x.shape[0], self.candidates.shape[0]
-        cands = self.candidates.to(dtype=x.dtype)
+        cands = self.candidates  # float32 even under AMP: low-precision node grids warp badly
         warped = M.warp(small.repeat_interleave(n, 0), cands.repeat(b, 1, 1, 1))
         energy = self.energy(warped).reshape(b, n)
         if self.training:
             weights = torch.softmax(-energy / self.temperature, dim=1)
-            psi = M.unfold(torch.einsum("bn,nkij->bkij", weights, cands))
+            # An elementwise product (not einsum) stays float32 under autocast.
+            psi = M.unfold((weights.float()[:, :, None, None, None] * cands).sum(dim=1))
         else:
             psi = cands[energy.argmin(dim=1)]
         self.last_stats = {"candidates": n}
@@ -207,8 +210,9 @@ class Optim(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         small = _downsample(x, self.resolution)
         gy, gx = self.grid
-        lx = torch.zeros(x.shape[0], gy + 1, gx, device=x.device, dtype=x.dtype, requires_grad=True)
-        ly = torch.zeros(x.shape[0], gx + 1, gy, device=x.device, dtype=x.dtype, requires_grad=True)
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        lx = torch.zeros(x.shape[0], gy + 1, gx, device=x.device, dtype=dtype, requires_grad=True)
+        ly = torch.zeros(x.shape[0], gx + 1, gy, device=x.device, dtype=dtype, requires_grad=True)
         with torch.enable_grad():
             for _ in range(self.steps):
                 e = self.energy(M.warp(small, M.from_logits(lx, ly))).sum()
@@ -227,7 +231,7 @@ class Fixed(nn.Module):
         self.last_stats = None
 
     def forward(self, x: Tensor) -> Tensor:
-        psi = self.psi.to(dtype=x.dtype, device=x.device)
+        psi = self.psi.to(device=x.device)
         return psi.expand(x.shape[0], -1, -1, -1) if psi.shape[0] == 1 else psi
 
 

@@ -61,6 +61,10 @@ def read(path: Path) -> dict[str, Any]:
 def load_model(path: Path) -> tuple[LSModel, dict[str, Any]]:
     """Rebuild the model from a checkpoint's config and load its weights; returns (model, checkpoint)."""
     ckpt = read(path)
-    model = model_from_config(ckpt["model_config"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = model_from_config(ckpt["model_config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: its weights do not fit its own model config ({type(e).__name__}); "
+                          "the file is damaged or from an incompatible lsbench version") from e
     return model, ckpt

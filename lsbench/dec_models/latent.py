@@ -98,7 +98,7 @@ class CanonicalizedLayer(nn.Module):
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         grid, prefix = _to_grid(x, self.layout, self._tokens)
         psi = self.canonicalizer(grid)
-        self.last_psi = psi
+        self.last_psi = psi.detach()  # for inspection; detached so it does not keep the graph alive
         y = self.layer(_from_grid(M.warp(grid, psi), self.layout, prefix), *args, **kwargs)
         if self.mode == "invariant":
             return y

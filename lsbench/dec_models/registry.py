@@ -213,7 +213,7 @@ def _cached_weights(timm_name: str) -> Path:
     )
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
+def read_state_dict(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ConfigError(f"pretrained checkpoint {path} not found; pass an existing file or --pretrained none")
     try:
@@ -262,7 +262,7 @@ def _apply_pretrained(backbone: nn.Module, cfg: ModelConfig, pretrained: str | P
             raise ConfigError(f"cannot load the cached weights {path} ({type(e).__name__}: {e})") from e
         load_backbone_weights(backbone, ref.state_dict(), f"the cached {cfg.timm_name}")
         return
-    load_backbone_weights(backbone, _read_state_dict(Path(pretrained)), str(pretrained))
+    load_backbone_weights(backbone, read_state_dict(Path(pretrained)), str(pretrained))
 
 
 def create_model(
