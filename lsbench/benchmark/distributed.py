@@ -23,3 +23,8 @@ def setup() -> tuple[int, int, torch.device]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank() if world > 1 else 0), world, device
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype on ``device``: bfloat16 where the GPU has it, else float16."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16

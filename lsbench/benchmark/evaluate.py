@@ -202,7 +202,7 @@ def evaluate(
     net, config, size = build_model(name, info, checkpoint, img_size)
     net = net.to(device).eval()
     use_amp = amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = distributed.amp_dtype(device)
     # streams ≥ workers: DataLoader workers interleave their batches, so a group may resume later.
     metrics = Metrics(info.task, info.num_classes, _scale_bins(info), streams=max(8, workers), device=device)
     generator = torch.Generator().manual_seed(seed + rank)

@@ -148,11 +148,12 @@ class _LossModule(nn.Module):
 
 
 def _param_groups(model: LSModel, cfg: TrainConfig) -> list[dict[str, Any]]:
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
     if not cfg.layer_decay or cfg.layer_decay >= 1:
-        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-        return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    from timm.optim import param_groups_layer_decay
+        # No decay on biases, norms and the backbone's own list (position embeddings, class token).
+        skip = {f"backbone.{n}" for n in getattr(model.backbone, "no_weight_decay", set)()}
+        return param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
 
     groups = param_groups_layer_decay(model.backbone, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
     for g in groups:  # timm's lr_scale per layer becomes a fixed factor on our schedule
@@ -271,7 +272,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
         optimizer, [lambda s, g=g: factor(s) * g.get("lr_scale", 1.0) for g in groups]
     )
     use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = distributed.amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     mixup = None
     if cfg.mixup:
@@ -353,8 +354,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
                          "world_size": world, "metrics": metrics,
                          "best_accuracy": max(best_acc, val["accuracy"]), "dataset": info.name}
                 checkpoint.save(last_path, model, **state)
-                if val["accuracy"] > best_acc:
-                    checkpoint.save(best_path, model, **state)
+                if val["accuracy"] > best_acc:  # the weights and their provenance; resuming uses last.pt
+                    keep = ("train_config", "epoch", "metrics", "best_accuracy", "dataset", "world_size")
+                    checkpoint.save(best_path, model, **{k: state[k] for k in keep})
                 if log:
                     log(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.4f}, "
                         f"{cfg.val_split} accuracy {val['accuracy']:.4f}")
