@@ -370,14 +370,21 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def image_to_tensor(image: np.ndarray):
+    """uint8 ``(H, W)`` / ``(H, W, C)`` array → float tensor ``(C, H, W)`` in ``[0, 1]``."""
+    import torch
+
+    img = torch.from_numpy(np.array(image, copy=True))  # decoded arrays may be read-only
+    img = img.unsqueeze(0) if img.dim() == 2 else img.permute(2, 0, 1)
+    return img.float().div_(255)
+
+
 def to_torch(sample: dict[str, Any]) -> dict[str, Any]:
     """Decoded sample → ``image`` float tensor ``(C, H, W)`` in ``[0, 1]``, ``mask`` long ``(H, W)``."""
     import torch
 
     out = dict(sample)
-    img = torch.from_numpy(np.array(sample["image"], copy=True))  # decoded arrays may be read-only
-    img = img.unsqueeze(0) if img.dim() == 2 else img.permute(2, 0, 1)
-    out["image"] = img.float().div_(255)
+    out["image"] = image_to_tensor(sample["image"])
     if "mask" in sample:
         out["mask"] = torch.from_numpy(np.array(sample["mask"], copy=True)).long()
     return out

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DatasetError
-from ..shards import decode_sample, read_manifest, sha256_file, shard_paths
+from ..shards import decode_sample, image_to_tensor, read_manifest, sha256_file, shard_paths
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -75,9 +75,7 @@ def verify_shards(directory: Path, split: str, *, skip_corrupt: bool = False, lo
 
 def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
     """uint8 ``(H, W)`` / ``(H, W, C)`` → normalised float ``(3, size, size)``."""
-    t = torch.from_numpy(np.array(image, copy=True))
-    t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
-    t = t.float().div_(255)
+    t = image_to_tensor(image)
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
     elif t.shape[0] == 4:

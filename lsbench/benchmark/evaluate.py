@@ -11,7 +11,6 @@ sha256), dataset (name, split, manifest sha256), metrics with per-scale tables, 
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import os
 import platform
@@ -34,9 +33,9 @@ from ..errors import ConfigError
 from ..shards import manifest_sha256, sha256_file
 from . import distributed
 from .data import DatasetInfo, loader, verify_shards
+from .leaderboard import result_validator
 from .metrics import Metrics, all_reduce_state, equivariance_errors
 
-SCHEMA_PATH = Path(__file__).with_name("result.schema.json")
 SCHEMA_VERSION = 1
 
 
@@ -140,20 +139,15 @@ def _hardware(device: torch.device) -> dict[str, Any]:
     return hw
 
 
-@functools.cache
-def _schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text())
-
-
 def validate_result(result: dict[str, Any]) -> None:
-    """Raise :class:`ConfigError` if ``result`` does not follow the shipped JSON Schema."""
+    """Raise :class:`ConfigError` if ``result`` does not follow the shipped JSON Schema (the same
+    cached validator the leaderboard reads results with)."""
     import jsonschema
 
-    try:
-        jsonschema.validate(result, _schema())
-    except jsonschema.ValidationError as e:
-        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise ConfigError(f"result does not follow the schema at {where}: {e.message}") from None
+    error = jsonschema.exceptions.best_match(result_validator().iter_errors(result))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ConfigError(f"result does not follow the schema at {where}: {error.message}")
 
 
 def result_filename(result: dict[str, Any]) -> str:
@@ -263,6 +257,7 @@ def evaluate(
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     images = counts[0].item()
+    parameters = count_parameters(net)
     result = {
         "schema_version": SCHEMA_VERSION,
         "model": {
@@ -270,7 +265,7 @@ def evaluate(
             "config": config,
             "checkpoint": str(checkpoint) if checkpoint else None,
             "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
-            "parameters": count_parameters(net),
+            "parameters": parameters,
         },
         "dataset": {
             "name": info.name, "generator": info.generator, "directory": str(data.resolve()), "split": split,
@@ -284,7 +279,7 @@ def evaluate(
             "ms_per_batch": 1e3 * counts[2].item() / max(counts[3].item(), 1),
             "batch_size": batch_size,
             "peak_memory_mb": peak_mb,
-            "parameters": count_parameters(net),
+            "parameters": parameters,
             "deq_iterations": sum(deq_its) / len(deq_its) if deq_its else None,
             "deq_residual": sum(deq_res) / len(deq_res) if deq_res else None,
         },

@@ -104,7 +104,8 @@ def read_json(path: Path) -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def _validator() -> Any:
+def result_validator() -> Any:
+    """The JSON-Schema validator of ``result.schema.json`` (loaded once)."""
     import jsonschema
 
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
@@ -115,7 +116,7 @@ def validate_result(data: Any, path: Path) -> None:
     """Raise one :class:`LeaderboardError` line naming ``path``, the field and the problem, if invalid."""
     import jsonschema
 
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    error = jsonschema.exceptions.best_match(result_validator().iter_errors(data))
     if error is None:
         return
     where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
