@@ -9,12 +9,12 @@ DEMO   ?= demo-out
 .PHONY: install demo test test-fast lint perf clean
 
 # torch/torchvision are pinned to the builds that work on CPU here (timm imports torchvision);
-# numpy stays < 2 for bpy (the [gso] extra).
+# numpy stays < 2 for bpy (the [gso] extra). `make test` covers every extra, so it installs them all.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,gso,imagenet]"
 	touch $(STAMP)
 
 install: $(STAMP)
