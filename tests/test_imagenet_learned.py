@@ -1,0 +1,415 @@
+"""The learned ImageNet backends (GroundingDINO, SAM, LaMa) through their real loading code.
+
+Each model family is built with random weights at a tiny configuration of the same architecture
+(transformers' ``GroundingDinoForObjectDetection`` with a tiny Swin and BERT; segment_anything's ``Sam``
+with a tiny ``ImageEncoderViT``; an FFC-ResNet with big-lama's TorchScript contract, ``tiny_lama.py``),
+saved to a temporary folder in the released checkpoint format and loaded through ``build_*`` / ``load``.
+Random weights give arbitrary boxes and masks, so the tests check the contract: types, shapes, ranges,
+thresholds, batched == one-by-one, the composite outside the mask, and the errors.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lsbench.errors import ConfigError, LsbenchError
+from lsbench.generators.imagenet import learned
+from lsbench.generators.imagenet.stages import Detection, Segmentation, build_detector, build_inpainter, build_segmenter
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_lama import lama_like  # noqa: E402
+
+transformers = pytest.importorskip("transformers")
+segment_anything = pytest.importorskip("segment_anything")
+
+WORDS = ["goldfish", "tench", "great", "white", "shark", "cat"]
+
+
+def _photo(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    image[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = (200, 120, 40)  # an "object" in the middle
+    return image
+
+
+# --------------------------------------------------------------------------- GroundingDINO
+
+
+def _tiny_vocab() -> dict[str, int]:
+    """A BERT word-piece vocabulary with bert-base-uncased's ids for [PAD] [UNK] [CLS] [SEP] [MASK] . ?
+    (GroundingDINO's text masks look for ids 101, 102, 1012 and 1029)."""
+    tokens = [f"[unused{i}]" for i in range(1100)]
+    for i, t in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}.items():
+        tokens[i] = t
+    for i, w in enumerate(WORDS):
+        tokens[200 + i] = w
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def _save_tiny_gdino(folder: Path, *, with_tokenizer: bool = True) -> Path:
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    torch.manual_seed(0)
+    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                          window_size=4, out_features=["stage2", "stage3", "stage4"])
+    text = BertConfig(vocab_size=1100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64)
+    config = GroundingDinoConfig(
+        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
+        num_queries=20, max_text_len=32, encoder_n_points=2, decoder_n_points=2,
+    )
+    model = GroundingDinoForObjectDetection(config).eval()
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    tokenizer = BertTokenizer(vocab=_tiny_vocab(), do_lower_case=True)
+    folder.mkdir(parents=True)
+    model.save_pretrained(folder)
+    if with_tokenizer:
+        GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    else:
+        image_processor.save_pretrained(folder)
+        tokenizer.save_pretrained(folder.parent / "bert")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gdino_dir(tmp_path_factory) -> Path:
+    return _save_tiny_gdino(tmp_path_factory.mktemp("gdino") / "grounding-dino-micro")
+
+
+GDINO_PHOTOS = [_photo(40, 60, 1), _photo(90, 50, 2), _photo(80, 120, 3)]  # 1 and 3 share the model input size
+GDINO_PROMPTS = ["Goldfish", "great white shark", "tench."]
+
+
+def test_gdino_detects_through_the_real_loader(gdino_dir):
+    det = build_detector("gdino", {"gdino_checkpoint": str(gdino_dir), "box_threshold": 0.0, "text_threshold": 0.0})
+    assert det.name == "gdino"
+    out = det.detect(GDINO_PHOTOS, GDINO_PROMPTS, [None, None, [(0.0, 0.0, 5.0, 5.0)]])
+    assert len(out) == 3
+    for d, image in zip(out, GDINO_PHOTOS):
+        assert isinstance(d, Detection)
+        assert d.backend == "gdino:transformers:grounding-dino-micro"
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = d.box
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        assert 0.0 <= d.score <= 1.0
+
+
+def test_gdino_batched_equals_one_by_one(gdino_dir):
+    options = {"gdino_checkpoint": str(gdino_dir), "box_threshold": 0.0, "text_threshold": 0.0}
+    batched = learned.GroundingDinoDetector.load({**options, "batch_size": 8})
+    single = learned.GroundingDinoDetector.load({**options, "batch_size": 1})
+    both = batched.detect(GDINO_PHOTOS, GDINO_PROMPTS, [None] * 3)
+    alone = [single.detect([im], [p], [None])[0] for im, p in zip(GDINO_PHOTOS, GDINO_PROMPTS)]
+    for a, b in zip(both, alone):
+        assert np.allclose(a.box, b.box, atol=1e-3) and abs(a.score - b.score) < 1e-4
+
+
+def test_gdino_top_box_follows_the_model_scores(gdino_dir):
+    """The detection is the highest-scoring query (score = its best text-token probability)."""
+    det = learned.GroundingDinoDetector.load({"gdino_checkpoint": str(gdino_dir), "box_threshold": 0.0,
+                                              "text_threshold": 0.0})
+    image = GDINO_PHOTOS[0]
+    inputs = det.processor(images=[image], text=["goldfish."], return_tensors="pt")
+    with torch.inference_mode():
+        out = det.model(**inputs)
+    probs = out.logits.sigmoid()[0]
+    best = float(probs.max(dim=-1).values.max())
+    got = det.detect([image], ["goldfish"], [None])[0]
+    assert got.score == pytest.approx(best, abs=1e-5)
+
+
+def test_gdino_thresholds_reject(gdino_dir):
+    for thresholds in ({"box_threshold": 1.0}, {"box_threshold": 0.0, "text_threshold": 1.0}):
+        det = learned.GroundingDinoDetector.load({"gdino_checkpoint": str(gdino_dir), **thresholds})
+        assert det.detect(GDINO_PHOTOS[:2], GDINO_PROMPTS[:2], [None, None]) == [None, None]
+
+
+def test_gdino_loads_once_per_process(gdino_dir):
+    a = learned.GroundingDinoDetector.load({"gdino_checkpoint": str(gdino_dir)})
+    b = learned.GroundingDinoDetector.load({"gdino_checkpoint": str(gdino_dir), "box_threshold": 0.5})
+    assert a.model is b.model and a.processor is b.processor
+    assert (a.box_threshold, a.text_threshold, b.box_threshold) == (0.35, 0.25, 0.5)
+
+
+def test_gdino_tokenizer_from_text_encoder_folder(tmp_path):
+    folder = _save_tiny_gdino(tmp_path / "gd", with_tokenizer=False)
+    det = learned.GroundingDinoDetector.load({"gdino_checkpoint": str(folder), "text_encoder": str(tmp_path / "bert"),
+                                              "box_threshold": 0.0, "text_threshold": 0.0})
+    assert isinstance(det.detect(GDINO_PHOTOS[:1], ["cat"], [None])[0], Detection)
+
+
+def test_gdino_errors(tmp_path, gdino_dir, monkeypatch):
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigError) as e:
+        learned.GroundingDinoDetector.load({"gdino_checkpoint": str(missing)})
+    hint = learned.GDINO_HINT
+    assert str(e.value) == f"GroundingDINO checkpoint {missing} not found: pass --gdino-checkpoint with {hint}"
+    assert hint.endswith("or use --detector annotation or prior (offline)")
+    with pytest.raises(ConfigError, match=r"^GroundingDINO needs a local checkpoint: pass --gdino-checkpoint"):
+        learned.GroundingDinoDetector.load({})
+    pth = tmp_path / "groundingdino_swint_ogc.pth"
+    pth.write_bytes(b"\0" * 16)
+    with pytest.raises(ConfigError, match="original groundingdino .pth format.*convert_grounding_dino_to_hf"):
+        learned.GroundingDinoDetector.load({"gdino_checkpoint": str(pth), "gdino_config": "GroundingDINO_SwinT_OGC.py"})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="has no config.json"):
+        learned.GroundingDinoDetector.load({"gdino_checkpoint": str(tmp_path / "empty")})
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="could not be loaded"):
+        learned.GroundingDinoDetector.load({"gdino_checkpoint": str(broken)})
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if the package were not installed
+    with pytest.raises(ConfigError, match=r"needs the python package 'transformers'.*pip install lsbench\[imagenet\]$"):
+        learned.GroundingDinoDetector.load({"gdino_checkpoint": str(gdino_dir)})
+
+
+# --------------------------------------------------------------------------- SAM
+
+TINY_SAM = dict(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4, img_size=128,
+                patch_size=16, out_chans=256)
+
+
+def _tiny_sam_state() -> dict[str, torch.Tensor]:
+    """segment_anything's Sam assembled from its own modules (as build_sam does) with a tiny ViT encoder."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(0)
+    sam = Sam(
+        image_encoder=ImageEncoderViT(depth=2, embed_dim=32, img_size=128, mlp_ratio=4,
+                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=16,
+                                      qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=4,
+                                      out_chans=256),
+        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(8, 8), input_image_size=(128, 128),
+                                     mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3,
+                                 transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+                                 transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    with torch.no_grad():  # ImageEncoderViT starts pos_embed and rel_pos at zero: give them values
+        for name, p in sam.image_encoder.named_parameters():
+            if "pos" in name:
+                p.normal_(0, 0.02)
+    return sam.state_dict()
+
+
+@pytest.fixture(scope="module")
+def sam_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sam") / "sam_micro.pth"
+    torch.save(_tiny_sam_state(), path)
+    return path
+
+
+SAM_PHOTOS = [_photo(60, 90, 4), _photo(101, 47, 5), _photo(128, 128, 6)]
+SAM_BOXES = [(22.5, 15.0, 67.5, 45.0), (10.0, 20.0, 40.0, 90.0), (0.0, 0.0, 128.0, 128.0)]
+
+
+def test_sam_segments_through_the_real_loader(sam_path):
+    seg = build_segmenter("sam", {"sam_checkpoint": str(sam_path)})
+    assert seg.name == "sam" and seg.backend == "sam:vit-32x2-128px"
+    assert learned.sam_config(seg.model.state_dict()) == TINY_SAM
+    out = seg.segment(SAM_PHOTOS, SAM_BOXES)
+    for s, image in zip(out, SAM_PHOTOS):
+        assert isinstance(s, Segmentation) and s.backend == "sam:vit-32x2-128px"
+        assert s.mask.dtype == bool and s.mask.shape == image.shape[:2]
+        assert np.isfinite(s.score)
+
+
+def test_sam_batched_equals_one_by_one(sam_path):
+    batched = learned.SamSegmenter.load({"sam_checkpoint": str(sam_path), "batch_size": 3}).segment(SAM_PHOTOS,
+                                                                                                   SAM_BOXES)
+    single = learned.SamSegmenter.load({"sam_checkpoint": str(sam_path), "batch_size": 1})
+    for b, image, box in zip(batched, SAM_PHOTOS, SAM_BOXES):
+        a = single.segment([image], [box])[0]
+        assert abs(a.score - b.score) < 1e-4
+        assert np.mean(a.mask != b.mask) < 1e-3
+
+
+def test_sam_matches_segment_anything_predictor(sam_path):
+    """Same mask and IoU as segment_anything's own SamPredictor on the same model (box prompt, one mask)."""
+    from segment_anything import SamPredictor
+
+    seg = learned.SamSegmenter.load({"sam_checkpoint": str(sam_path)})
+    predictor = SamPredictor(seg.model)
+    for image, box in zip(SAM_PHOTOS[:2], SAM_BOXES[:2]):
+        predictor.set_image(image)
+        masks, iou, _ = predictor.predict(box=np.asarray(box), multimask_output=False)
+        ours = seg.segment([image], [box])[0]
+        assert np.array_equal(ours.mask, masks[0]) and ours.score == pytest.approx(float(iou[0]), abs=1e-5)
+
+
+def test_sam_config_reads_the_released_types():
+    """The encoder read off a state dict is the registry's for vit_h/l/b, and build_sam rebuilds the same tree
+    (on the meta device: shapes only, no memory)."""
+    from segment_anything import sam_model_registry
+
+    for name in ("vit_h", "vit_l", "vit_b"):
+        with torch.device("meta"):
+            official = sam_model_registry[name]().state_dict()
+            config = learned.sam_config(official)
+            ours = learned.build_sam(config).state_dict()
+        assert learned.sam_type_of(config) == name
+        assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in official.items()}
+
+
+def test_sam_loads_once_and_checks_type(sam_path):
+    a = learned.SamSegmenter.load({"sam_checkpoint": str(sam_path)})
+    b = learned.SamSegmenter.load({"sam_checkpoint": str(sam_path), "batch_size": 2})
+    assert a.model is b.model
+    with pytest.raises(ConfigError, match=r"holds a vit-32x2-128px model, not vit_b: pass --sam-type vit-32x2-128px"):
+        learned.SamSegmenter.load({"sam_checkpoint": str(sam_path), "sam_type": "vit_b"})
+    with pytest.raises(ConfigError, match=r"--sam-type 'vit_x': choose one of vit_h, vit_l, vit_b"):
+        learned.SamSegmenter.load({"sam_checkpoint": str(sam_path), "sam_type": "vit_x"})
+
+
+def test_sam_errors(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        learned.SamSegmenter.load({"sam_checkpoint": "/x/sam_vit_h.pth"})
+    assert str(e.value) == ("SAM checkpoint /x/sam_vit_h.pth not found: pass --sam-checkpoint with a local "
+                            "sam_vit_h_4b8939.pth, or use --segmenter grabcut (offline)")
+    with pytest.raises(ConfigError, match="with a local sam_vit_b_01ec64.pth"):
+        learned.SamSegmenter.load({"sam_checkpoint": "/x/b.pth", "sam_type": "vit_b"})
+    junk = tmp_path / "sam.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"is not a readable PyTorch checkpoint \(.*\): pass --sam-checkpoint"):
+        learned.SamSegmenter.load({"sam_checkpoint": str(junk)})
+    other = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(2)}, other)
+    with pytest.raises(ConfigError, match="is not a segment-anything state dict"):
+        learned.SamSegmenter.load({"sam_checkpoint": str(other)})
+
+
+# --------------------------------------------------------------------------- LaMa
+
+
+@pytest.fixture(scope="module")
+def lama_paths(tmp_path_factory) -> dict[bool, Path]:
+    """Tiny LaMa-like TorchScript files: with LaMa's own composite (True) and returning the raw prediction."""
+    folder = tmp_path_factory.mktemp("lama")
+    paths = {}
+    for composite in (True, False):
+        paths[composite] = folder / f"lama_{composite}.pt"
+        lama_like(ngf=8, n_down=3, n_blocks=1, composite=composite).save(str(paths[composite]))
+    return paths
+
+
+def _lama_inputs() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    images = [_photo(37, 53, 7), _photo(40, 56, 8), _photo(33, 49, 9), _photo(21, 18, 10)]  # 1st and 3rd: 40×56 padded
+    masks = []
+    for k, image in enumerate(images):
+        m = np.zeros(image.shape[:2], dtype=bool)
+        m[5 : 5 + 10 + k, 4 : 4 + 12] = True
+        masks.append(m)
+    return images, masks
+
+
+@pytest.mark.parametrize("composite", [True, False])
+def test_lama_inpaints_through_the_real_loader(lama_paths, composite):
+    inp = build_inpainter("lama", {"lama_checkpoint": str(lama_paths[composite])})
+    assert inp.name == "lama" and inp.backend == f"lama:torchscript:lama_{composite}.pt"
+    images, masks = _lama_inputs()
+    out = inp.inpaint(images, masks)
+    for o, image, mask in zip(out, images, masks):
+        assert o.dtype == np.uint8 and o.shape == image.shape  # odd sizes: the padding is cropped off
+        assert np.array_equal(o[~mask], image[~mask])  # outside the mask: the input, exactly
+        assert not np.array_equal(o[mask], image[mask])  # inside: the network's fill
+
+
+def test_lama_matches_the_torchscript_forward(lama_paths):
+    """The fill is the TorchScript model's output on the mirrored, 8-padded photo (simple-lama's recipe)."""
+    inp = learned.LamaInpainter.load({"lama_checkpoint": str(lama_paths[True])})
+    image, mask = _lama_inputs()[0][0], _lama_inputs()[1][0]
+    padded = np.pad(image, ((0, 3), (0, 3), (0, 0)), mode="symmetric").astype(np.float32) / 255
+    padded_mask = np.pad(mask, ((0, 3), (0, 3)), mode="symmetric").astype(np.float32)
+    with torch.inference_mode():
+        pred = inp.model(torch.from_numpy(padded).permute(2, 0, 1)[None], torch.from_numpy(padded_mask)[None, None])
+    expected = np.clip(pred[0].permute(1, 2, 0).numpy()[:37, :53] * 255, 0, 255).astype(np.uint8)
+    assert np.array_equal(inp.inpaint([image], [mask])[0], np.where(mask[..., None], expected, image))
+
+
+def test_lama_batched_equals_one_by_one_and_empty_masks(lama_paths):
+    images, masks = _lama_inputs()
+    batched = learned.LamaInpainter.load({"lama_checkpoint": str(lama_paths[True]), "batch_size": 4})
+    single = learned.LamaInpainter.load({"lama_checkpoint": str(lama_paths[True]), "batch_size": 1})
+    assert batched.model is single.model
+    masks[1] = np.zeros_like(masks[1])
+    both = batched.inpaint(images, masks)
+    assert np.array_equal(both[1], images[1])
+    for b, image, mask in zip(both, images, masks):
+        a = single.inpaint([image], [mask])[0]
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_lama_errors(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        learned.LamaInpainter.load({"lama_checkpoint": str(tmp_path / "big-lama.pt")})
+    assert str(e.value) == (f"LaMa checkpoint {tmp_path / 'big-lama.pt'} not found: pass --lama-checkpoint with a "
+                            "local TorchScript big-lama.pt, or use --inpainter opencv (offline)")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    with pytest.raises(ConfigError, match=r"is not a TorchScript model \(.*\): pass --lama-checkpoint"):
+        learned.LamaInpainter.load({"lama_checkpoint": str(junk)})
+    with pytest.raises(ConfigError, match="--batch-size must be a positive integer"):
+        learned.LamaInpainter.load({"lama_checkpoint": str(junk), "batch_size": 0})
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU|is not a torch device"):
+        if torch.cuda.is_available():
+            learned.LamaInpainter.load({"lama_checkpoint": str(junk), "device": "gpu0"})
+        learned.LamaInpainter.load({"lama_checkpoint": str(junk), "device": "cuda"})
+
+
+# --------------------------------------------------------------------------- out of memory
+
+
+def _fails_above(k: int, error: type[BaseException] = torch.OutOfMemoryError):
+    calls: list[int] = []
+
+    def fn(chunk: list[int]) -> list[int]:
+        calls.append(len(chunk))
+        if len(chunk) > k:
+            raise error("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [x * 10 for x in chunk]
+
+    return fn, calls
+
+
+def test_oom_halves_the_batch():
+    fn, calls = _fails_above(3)
+    out, size = learned.run_in_batches(fn, list(range(11)), 8, "SAM")
+    assert out == [x * 10 for x in range(11)] and size == 2
+    assert calls == [8, 4, 2, 2, 2, 2, 2, 1]
+    fn, calls = _fails_above(5, torch.cuda.OutOfMemoryError)
+    out, size = learned.run_in_batches(fn, list(range(6)), 6, "SAM")
+    assert out == [x * 10 for x in range(6)] and size == 3 and calls == [6, 3, 3]
+
+
+def test_oom_at_batch_one_is_a_user_error():
+    fn, calls = _fails_above(0)
+    with pytest.raises(LsbenchError) as e:
+        learned.run_in_batches(fn, [1, 2, 3], 4, "LaMa")
+    assert calls == [3, 1]
+    assert str(e.value).startswith("LaMa ran out of GPU memory on a single photo") and "\n" not in str(e.value)
+
+
+def test_other_errors_pass_through():
+    def fn(chunk):
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        learned.run_in_batches(fn, [1, 2], 2, "SAM")
