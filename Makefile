@@ -24,6 +24,10 @@ demo: $(STAMP)
 	$(LSB) validate $(DEMO)/mnist-ls
 	$(LSB) info $(DEMO)/mnist-ls
 	$(LSB) preview $(DEMO)/mnist-ls --out $(DEMO)/mnist-ls-preview.png -n 20
+	# locally scaled ImageNet on the photos bundled with scikit-image/matplotlib, offline backends
+	$(LSB) generate imagenet --demo --offline --out $(DEMO)/imagenet-ls --train 16 --test 28 --workers 2
+	$(LSB) validate $(DEMO)/imagenet-ls
+	$(LSB) preview $(DEMO)/imagenet-ls --out $(DEMO)/imagenet-ls-preview.png -n 28
 	# a 10-class task small enough to learn on a CPU in a minute: one digit per image, 64 px
 	$(LSB) generate mnist --out $(DEMO)/mnist-ls-1d --digits 1 --size 64 --train 2000 --test 500 --workers 2
 	rm -rf $(DEMO)/results $(DEMO)/site
