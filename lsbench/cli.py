@@ -133,6 +133,20 @@ def _scale_range(values: list[float]) -> tuple[float, float]:
     return values[0], values[1]
 
 
+def _report_build(result, quiet: bool) -> None:
+    """The one-line summary every generator prints when it finishes."""
+    if quiet:
+        return
+    state = (
+        "complete" if result.complete
+        else "this rank's shards done; run `lsbench merge-manifests` when all ranks finish"
+    )
+    console.print(
+        f"{result.directory}: {result.samples:,} samples, {result.shards_written} shards written, "
+        f"{result.shards_reused} reused ({state})"
+    )
+
+
 @generate_app.command("mnist")
 @user_errors
 def generate_mnist(
@@ -165,6 +179,51 @@ def generate_mnist(
             layout=layout, seed=seed, workers=workers, shard_size=shard_size, overwrite=overwrite,
             progress=update, log=_log(quiet),
         )
+    _report_build(result, quiet)
+
+@generate_app.command("gso")
+@user_errors
+def generate_gso(
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (or resume)."),
+    gso: Path | None = typer.Option(
+        None, "--gso", help="Google Scanned Objects folder: one folder or .zip per object (meshes/model.obj, "
+        "materials/textures/texture.png, metadata.pbtxt)."
+    ),
+    hdri: Path | None = typer.Option(None, "--hdri", help="Folder of .hdr/.exr environment maps (split train/test)."),
+    demo: bool = typer.Option(
+        False, "--demo", help="Use the embedded assets (pybullet_data meshes, Blender's studio-light HDRIs); "
+        "also the default when neither --gso nor --hdri is given."
+    ),
+    objects: int | None = typer.Option(None, help="Objects (classes) drawn from the source [default: 100, or all]."),
+    size: int = typer.Option(256, help="Image side in px."),
+    train: int = typer.Option(6000, help="Number of train images."),
+    test: int = typer.Option(2000, help="Number of test images, counting every variant of every group."),
+    variants: int = typer.Option(4, help="Scaled variants per test group, besides the reference."),
+    scale_range: tuple[float, float] = typer.Option((0.5, 2.0), help="Per-object apparent scale range MIN MAX."),
+    engine: str = typer.Option("cycles", help="Render engine: cycles or eevee (masks always come from Cycles)."),
+    samples: int = typer.Option(32, help="Samples per pixel."),
+    denoise: bool = typer.Option(True, help="Denoise with OpenImageDenoise (Cycles)."),
+    device: str = typer.Option("cpu", help="Cycles device: cpu, cuda or optix."),
+    seed: int = typer.Option(0, help="Seed: the same command gives the same dataset whatever --workers."),
+    workers: int = typer.Option(1, help="Local worker processes, one Blender each (shards are split between them)."),
+    shard_size: int = typer.Option(250, help="Samples per shard (rounded down to whole groups)."),
+    overwrite: bool = typer.Option(False, help="Replace a different dataset already in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
+) -> None:
+    """Locally scaled Google Scanned Objects (paper Sec. 5.1): two objects per image on an HDRI, each
+    at its own distance, rendered with Blender; segmentation masks from an object-index pass."""
+    from .errors import ConfigError
+    from .generators import gso as gso_generator
+
+    if demo and (gso is not None or hdri is not None):
+        raise ConfigError("--demo uses the embedded assets; drop it to use --gso/--hdri")
+    with progress_bar("gso-ls", quiet) as update:
+        result = gso_generator.generate(
+            out, gso_dir=gso, hdri_dir=hdri, objects=objects, size=size, train=train, test=test, variants=variants,
+            scale_range=_scale_range(list(scale_range)), engine=engine, samples=samples, denoise=denoise,
+            device=device, seed=seed, workers=workers, shard_size=shard_size, overwrite=overwrite,
+            progress=update, log=_log(quiet),
+        )
     if not quiet:
         state = (
             "complete" if result.complete
@@ -174,6 +233,80 @@ def generate_mnist(
             f"{result.directory}: {result.samples:,} samples, {result.shards_written} shards written, "
             f"{result.shards_reused} reused ({state})"
         )
+
+
+@generate_app.command("imagenet")
+@user_errors
+def generate_imagenet(
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (or resume)."),
+    src: Path | None = typer.Option(None, help="ImageNet root (train/<wnid>/, val/) or any ImageFolder."),
+    demo: bool = typer.Option(False, help="Use the real photos bundled with scikit-image/matplotlib (offline)."),
+    boxes: Path | None = typer.Option(None, help="Folder of ILSVRC XML box annotations (default: found in --src)."),
+    train: int = typer.Option(10000, help="Number of train images (one random scale each)."),
+    test: int = typer.Option(50000, help="Number of test images: groups of every --scales value (7 per photo)."),
+    scales: str = typer.Option("0.7,0.8,0.9,1.0,1.1,1.2,1.3", help="Test scale factors (must include 1.0)."),
+    scale_range: tuple[float, float] = typer.Option((0.7, 1.3), help="Train scale factor range MIN MAX."),
+    detector: str = typer.Option("gdino", help="gdino (GroundingDINO), annotation (dataset boxes) or prior."),
+    segmenter: str = typer.Option("sam", help="sam (Segment Anything) or grabcut (OpenCV)."),
+    inpainter: str = typer.Option("lama", help="lama (big-lama.pt TorchScript) or opencv (Telea)."),
+    offline: bool = typer.Option(
+        False, help="Classical backends for every stage not set explicitly: annotation boxes with --demo, else "
+        "the box prior; grabcut; opencv."
+    ),
+    gdino_checkpoint: str | None = typer.Option(None, help="Local GroundingDINO checkpoint (HF-format folder)."),
+    gdino_config: str | None = typer.Option(None, help="GroundingDINO config file, for an original .pth."),
+    text_encoder: str | None = typer.Option(None, help="Local bert-base-uncased folder for GroundingDINO."),
+    sam_checkpoint: str | None = typer.Option(None, help="Local SAM checkpoint (e.g. sam_vit_h_4b8939.pth)."),
+    sam_type: str = typer.Option("vit_h", help="SAM architecture: vit_h, vit_l or vit_b."),
+    lama_checkpoint: str | None = typer.Option(None, help="Local big-lama.pt (TorchScript)."),
+    box_threshold: float = typer.Option(0.35, help="GroundingDINO box threshold."),
+    text_threshold: float = typer.Option(0.25, help="GroundingDINO text threshold."),
+    min_mask: float = typer.Option(0.01, help="Reject masks smaller than this fraction of the photo."),
+    max_mask: float = typer.Option(0.7, help="Reject masks larger than this fraction of the photo."),
+    min_in_box: float = typer.Option(0.8, help="Reject masks with less than this fraction inside the box."),
+    dilate: int = typer.Option(15, help="Inpaint the mask dilated by this many px (covers the object's edge)."),
+    feather: float = typer.Option(1.0, help="Gaussian feather of the pasted object's alpha, in px."),
+    anchor: str = typer.Option("centre", help="Scale objects about their box 'centre' or 'bottom' centre."),
+    max_side: int = typer.Option(512, help="Downscale larger photos to this longest side first (px)."),
+    image_format: str = typer.Option("jpg", "--format", help="Sample image format: jpg (quality 95) or png."),
+    max_attempts: int = typer.Option(20, help="Give up after this many rejected photos in a row for one group."),
+    device: str = typer.Option("cpu", help="Device for the learned backends (cpu, cuda, cuda:1)."),
+    batch_size: int = typer.Option(8, help="Photos per batch through the stages (halved on GPU out-of-memory)."),
+    fp16: bool = typer.Option(True, help="Half precision on CUDA where safe."),
+    cache_dir: Path | None = typer.Option(None, help="Stage cache (default: OUT/cache); share it between runs."),
+    seed: int = typer.Option(0, help="Seed: the same command and sources give the same dataset."),
+    workers: int = typer.Option(1, help="Local worker processes (each loads the models once)."),
+    shard_size: int = typer.Option(1000, help="Samples per shard (rounded down to whole groups)."),
+    overwrite: bool = typer.Option(False, help="Replace a different dataset already in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
+) -> None:
+    """Locally scaled ImageNet (paper Sec. 5.3): detect, segment, inpaint, paste each object rescaled."""
+    from .generators.imagenet import pipeline
+
+    try:
+        scale_list = tuple(float(v) for v in scales.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--scales takes comma-separated numbers, got {scales!r}") from None
+    if offline:
+        detector = ("annotation" if demo else "prior") if detector == "gdino" else detector
+        segmenter = "grabcut" if segmenter == "sam" else segmenter
+        inpainter = "opencv" if inpainter == "lama" else inpainter
+    with progress_bar("imagenet-ls", quiet) as update:
+        result = pipeline.generate(
+            out, src=src, demo=demo, boxes=boxes, train=train, test=test, scales=scale_list,
+            scale_range=_scale_range(list(scale_range)), cache_dir=cache_dir, workers=workers, shard_size=shard_size,
+            overwrite=overwrite, progress=update, log=_log(quiet), detector=detector, segmenter=segmenter,
+            inpainter=inpainter, gdino_checkpoint=gdino_checkpoint, gdino_config=gdino_config,
+            text_encoder=text_encoder, sam_checkpoint=sam_checkpoint, sam_type=sam_type,
+            lama_checkpoint=lama_checkpoint, box_threshold=box_threshold, text_threshold=text_threshold,
+            min_mask=min_mask, max_mask=max_mask, min_in_box=min_in_box, dilate=dilate, feather=feather,
+            anchor=anchor, max_side=max_side, image_format=image_format, max_attempts=max_attempts,
+            device=device, batch_size=batch_size, fp16=fp16, seed=seed,
+        )
+    _report_build(result, quiet)
+    line = pipeline.rejection_summary_line(result.directory) if result.complete else None
+    if line and not quiet:
+        console.print(line)
 
 
 @app.command()
