@@ -106,6 +106,13 @@ def _last_line(sink) -> str:
     return lines[-1] if lines else ""
 
 
+def _node_tree(block):
+    """The shader node tree of a material/world (Blender 5 always has one; older versions need use_nodes)."""
+    if block.node_tree is None:
+        block.use_nodes = True
+    return block.node_tree
+
+
 class Renderer:
     """One Blender scene (camera, HDRI world, object cache) rendering GSO groups."""
 
@@ -141,8 +148,7 @@ class Renderer:
         scene.camera = cam_obj
         # World: environment texture, rotated about Z by a Mapping node.
         world = self.world = bpy.data.worlds.new("hdri")
-        world.use_nodes = True
-        nt = world.node_tree
+        nt = _node_tree(world)
         coords = nt.nodes.new("ShaderNodeTexCoord")
         self.mapping = nt.nodes.new("ShaderNodeMapping")
         self.env = nt.nodes.new("ShaderNodeTexEnvironment")
@@ -152,8 +158,7 @@ class Renderer:
         scene.world = world
         # Mask material: emission = object pass index (the class id).
         mask = self.mask_material = bpy.data.materials.new("lsbench-object-index")
-        mask.use_nodes = True
-        mt = mask.node_tree
+        mt = _node_tree(mask)
         for node in list(mt.nodes):
             mt.nodes.remove(node)
         info, emit, out = (mt.nodes.new(t) for t in ("ShaderNodeObjectInfo", "ShaderNodeEmission",
@@ -204,8 +209,7 @@ class Renderer:
     def _textured_material(self, asset: ObjectAsset, texture: str):
         bpy = self.bpy
         mat = bpy.data.materials.new(f"lsbench-{asset.id}")
-        mat.use_nodes = True
-        nt = mat.node_tree
+        nt = _node_tree(mat)
         bsdf = nt.nodes["Principled BSDF"]
         bsdf.inputs["Roughness"].default_value = 0.6
         tex = nt.nodes.new("ShaderNodeTexImage")
