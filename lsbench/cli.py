@@ -181,6 +181,7 @@ def generate_mnist(
         )
     _report_build(result, quiet)
 
+
 @generate_app.command("gso")
 @user_errors
 def generate_gso(
@@ -224,15 +225,7 @@ def generate_gso(
             device=device, seed=seed, workers=workers, shard_size=shard_size, overwrite=overwrite,
             progress=update, log=_log(quiet),
         )
-    if not quiet:
-        state = (
-            "complete" if result.complete
-            else "this rank's shards done; run `lsbench merge-manifests` when all ranks finish"
-        )
-        console.print(
-            f"{result.directory}: {result.samples:,} samples, {result.shards_written} shards written, "
-            f"{result.shards_reused} reused ({state})"
-        )
+    _report_build(result, quiet)
 
 
 @generate_app.command("imagenet")
