@@ -36,7 +36,16 @@ from ..runner import BuildResult, Progress, SplitPlan, build
 from . import assets as gso_assets
 from . import scene as gso_scene
 from .assets import HdriAsset, ObjectAsset
-from .render import DEVICES, ENGINES, VIEW_TRANSFORM, RenderSettings, projected_box, renderer, require_bpy
+from .render import (
+    DEVICES,
+    ENGINES,
+    VIEW_TRANSFORM,
+    WORLD_MAP_RESOLUTION,
+    RenderSettings,
+    projected_box,
+    renderer,
+    require_bpy,
+)
 
 OBJECTS_PER_IMAGE = 2
 MAX_ATTEMPTS = 8  # scene redraws when an object ends up (nearly) invisible in some variant
@@ -212,7 +221,8 @@ def make_group(cfg: GsoConfig, split: str, group: int) -> list[dict[str, Any]]:
     }
     render_info = {
         "engine": cfg.engine, "samples": cfg.samples, "denoise": cfg.denoise, "device": cfg.device,
-        "seed": scn.render_seed, "view_transform": VIEW_TRANSFORM, "mask": "cycles object index, 1 spp, no filter",
+        "seed": scn.render_seed, "view_transform": VIEW_TRANSFORM, "world_map_resolution": WORLD_MAP_RESOLUTION,
+        "mask": "cycles object index, 1 spp, no filter",
     }
     samples = []
     for variant, (pos, mask) in enumerate(zip(positions, masks)):
