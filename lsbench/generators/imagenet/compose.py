@@ -4,9 +4,10 @@ Geometry: the object (a premultiplied RGBA cut-out of the photo) is scaled by ``
 anchor ``a`` — the centre of its mask box (``"centre"``, the paper code's choice) or the middle of
 its bottom edge (``"bottom"``, objects that stand on something stay on it) — so a pixel ``p`` of
 the object lands at ``a + s (p − a)``.  Down-scaling averages areas (``INTER_AREA``), up-scaling is
-Lanczos; alpha is scaled with area/bilinear filters (no ringing) and feathered with a Gaussian of
-``feather`` px, so its sum — the object's area — scales by ``s²`` (up to the frame clip).  Pixels
-where the pasted alpha is 0 are the inpainted background, byte for byte.
+Lanczos; alpha is scaled with area/bilinear filters (no ringing) and then feathered with a Gaussian
+of ``feather`` px (the alpha only: the object's pixels stay sharp) or, with ``feather`` = 0,
+thresholded to a hard edge; either way its sum — the object's area — scales by ``s²`` (up to the
+frame clip).  Pixels where the pasted alpha is 0 are the inpainted background, byte for byte.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def paste(background: np.ndarray, cutout: Cutout, scale: float, anchor: tuple[fl
           feather: float = 1.0) -> Composite:
     """Paste ``cutout`` scaled by ``scale`` about ``anchor`` onto ``background`` ``(H, W, 3)`` uint8.
 
-    ``scale`` = 1 pastes the object back at its own pixels (only the feathering changes its edge),
-    so a group's reference is composed exactly like its variants.
+    ``scale`` = 1 pastes the object back at its own pixels (only the feathering softens its edge),
+    so a group's reference is composed exactly like its variants.  ``feather`` = 0 gives a hard
+    (binary) edge.
     """
     cv2 = _cv2()
     H, W = background.shape[:2]
@@ -97,11 +99,23 @@ def paste(background: np.ndarray, cutout: Cutout, scale: float, anchor: tuple[fl
     ax, ay = anchor
     x = round(ax + sx * (cutout.origin[0] - ax))
     y = round(ay + sy * (cutout.origin[1] - ay))
+    colour = premult / np.maximum(alpha, 1e-6)[..., None]  # the object's own colour where alpha > 0
     if feather > 0:
+        # Feather the alpha only, so the object stays sharp.  In the ring the blur adds outside the
+        # object the colour is the blurred colour renormalised by the blurred alpha: the edge fades
+        # towards the object's own nearby colour.
         pad = int(np.ceil(3 * feather)) + 1
-        alpha = cv2.GaussianBlur(np.pad(alpha, pad), (0, 0), feather)
-        premult = np.stack([cv2.GaussianBlur(np.pad(premult[..., c], pad), (0, 0), feather) for c in range(3)], -1)
+        alpha, premult = np.pad(alpha, pad), np.pad(premult, ((pad, pad), (pad, pad), (0, 0)))
+        colour = np.pad(colour, ((pad, pad), (pad, pad), (0, 0)))
+        soft = cv2.GaussianBlur(alpha, (0, 0), feather)
+        spread = np.stack([cv2.GaussianBlur(premult[..., c], (0, 0), feather) for c in range(3)], -1)
+        ring = (alpha <= 0) & (soft > 0)
+        colour[ring] = spread[ring] / soft[ring][:, None]
+        alpha = soft
         x, y = x - pad, y - pad
+    else:
+        alpha = (alpha >= 0.5).astype(np.float32)  # a hard edge; the area still scales by s²
+    colour = np.clip(colour, 0.0, 255.0)
     hh, ww = alpha.shape
     # Clip the paste window at the frame.
     fx0, fy0, fx1, fy1 = max(0, x), max(0, y), min(W, x + ww), min(H, y + hh)
@@ -110,9 +124,9 @@ def paste(background: np.ndarray, cutout: Cutout, scale: float, anchor: tuple[fl
     if fx0 >= fx1 or fy0 >= fy1:
         return Composite(out, full_alpha, None, (sx, sy))
     a = alpha[fy0 - y:fy1 - y, fx0 - x:fx1 - x]
-    p = premult[fy0 - y:fy1 - y, fx0 - x:fx1 - x]
+    c = colour[fy0 - y:fy1 - y, fx0 - x:fx1 - x]
     region = out[fy0:fy1, fx0:fx1].astype(np.float32)
-    blended = p + region * (1.0 - a[..., None])  # "over" with premultiplied colour
+    blended = c * a[..., None] + region * (1.0 - a[..., None])
     touched = a > 0
     out[fy0:fy1, fx0:fx1][touched] = np.clip(np.rint(blended[touched]), 0, 255).astype(np.uint8)
     full_alpha[fy0:fy1, fx0:fx1] = a

@@ -99,7 +99,9 @@ class ImagenetConfig:
     cache_dir: str = ""
     out: str = ""
 
-    RUN_FIELDS = ("device", "batch_size", "fp16", "cache_dir", "out")
+    # Where the photos live is not what they are: the dataset is identified by ``source_digest``
+    # (the listing), so a moved source tree still resumes.
+    RUN_FIELDS = ("src", "boxes", "device", "batch_size", "fp16", "cache_dir", "out")
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
@@ -127,7 +129,8 @@ class ImagenetConfig:
                 ckpts[name] = [str(Path(path).resolve()), st.st_size, int(st.st_mtime)]
         keys = ("detector", "segmenter", "inpainter", "gdino_config", "text_encoder", "sam_type", "box_threshold",
                 "text_threshold", "prior_fraction", "min_mask", "max_mask", "min_in_box", "dilate", "max_side")
-        return {k: getattr(self, k) for k in keys} | {"checkpoints": ckpts, "v": 1}
+        half = self.fp16 and self.device.startswith("cuda") and {self.detector, self.segmenter} & {"gdino", "sam"}
+        return {k: getattr(self, k) for k in keys} | {"checkpoints": ckpts, "half": bool(half), "v": 1}
 
 
 def check_config(cfg: ImagenetConfig) -> None:
@@ -291,6 +294,14 @@ def _run_stages(cfg: ImagenetConfig, stages: Stages, jobs: list[_Job]) -> list[O
     return out  # type: ignore[return-value]
 
 
+def _stat(path: str | None) -> list[int] | None:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return None if st is None else [st.st_size, st.st_mtime_ns]
+
+
 def prepare(cfg: ImagenetConfig, photos: list[SourcePhoto], cache: StageCache,
             stages: Callable[[], Stages]) -> list[Outcome]:
     """The stage outputs for ``photos``: from the cache, else computed in batches and cached."""
@@ -303,7 +314,11 @@ def prepare(cfg: ImagenetConfig, photos: list[SourcePhoto], cache: StageCache,
         except PhotoError as e:
             results[i] = Rejection("load", str(e), {})
             continue
-        key = cache_key(data, settings | {"label": photo.label, "prompt": photo.prompt, "id": photo.id})
+        annotation = None
+        if cfg.detector == "annotation":  # the boxes are an input of the detect stage
+            annotation = [photo.boxes, photo.annotation, _stat(photo.annotation)]
+        key = cache_key(data, settings | {"label": photo.label, "prompt": photo.prompt, "id": photo.id,
+                                          "annotation": annotation})
         hit = cache.get(key)
         if hit is not None:
             results[i] = hit
@@ -417,15 +432,22 @@ def make_shard(cfg: ImagenetConfig, spec: ShardSpec) -> Iterator[dict[str, Any]]
     chosen: dict[int, tuple[SourcePhoto, Prepared]] = {}
     log: list[dict[str, Any]] = []
     pending = list(groups)
+    path = _shard_log_path(cfg, spec)
+
+    def write_log() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"shard": spec.name, "split": spec.split, "groups": len(groups), "rejected": log})
+
     while pending:
         photos = {}
         for g in pending:
             photo = next(iters[g], None)
             if photo is None or attempts[g] >= cfg.max_attempts:
+                write_log()
+                last = [r for r in log if r["group"] == g][-1]
                 raise DataError(
-                    f"{spec.split} group {g}: {attempts[g]} photos in a row were rejected (last: "
-                    f"{log[-1]['stage']}: {log[-1]['reason']}); see {Path(cfg.out) / REJECTION_DIR}, check the "
-                    "backends, or raise --max-attempts"
+                    f"{spec.split} group {g}: {attempts[g]} photos in a row were rejected (last: {last['photo']}, "
+                    f"{last['stage']}: {last['reason']}); see {path}, check the backends, or raise --max-attempts"
                 )
             photos[g] = photo
         unique = list({p.id: p for p in photos.values()}.values())
@@ -440,9 +462,7 @@ def make_shard(cfg: ImagenetConfig, spec: ShardSpec) -> Iterator[dict[str, Any]]
                 log.append({"split": spec.split, "group": g, "photo": photo.id, "label": photo.label,
                             "stage": outcome.stage, "reason": outcome.reason, "scores": outcome.scores})
                 pending.append(g)
-    path = _shard_log_path(cfg, spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"shard": spec.name, "split": spec.split, "groups": len(groups), "rejected": log})
+    write_log()
     for g in groups:
         photo, prepared = chosen[g]
         yield from compose_group(cfg, spec.split, g, photo, prepared, attempts[g])
@@ -519,6 +539,7 @@ def generate(
         out=str(out.resolve()), **options,
     )
     check_config(cfg)
+    _sources.cache_clear()  # a library caller may have added photos since the last call
     if asked != test and log is not None:
         log(f"--test {asked:,} rounded down to {test:,} images (whole groups of {group_size})")
     digests = []
@@ -548,6 +569,8 @@ def generate(
         summary = summarize_rejections(out)
         manifest = read_manifest(out)
         manifest["yield"] = summary
+        manifest["source"] = {"root": cfg.src or "(bundled demo photos)", "boxes": cfg.boxes,
+                              "digest": cfg.source_digest}
         write_json_atomic(out / MANIFEST, manifest)
     return result
 
@@ -563,6 +586,6 @@ def rejection_summary_line(out: Path) -> str | None:
     parts = []
     for split, s in sorted(summary.items()):
         rejected = ", ".join(f"{n} at {stage}" for stage, n in sorted(s["rejected"].items())) or "none rejected"
-        parts.append(f"{split}: {s['accepted']} photos used ({rejected})")
+        parts.append(f"{split}: {s['accepted']} photos accepted ({rejected})")
     return "; ".join(parts) + f" — details in {Path(out) / REJECTIONS}"
 

@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, UnidentifiedImageError
 
 from ...errors import ConfigError
 from .classes import WNID_RE, by_wnid
@@ -87,38 +87,38 @@ def decode_photo(data: bytes, max_side: int) -> tuple[np.ndarray, tuple[int, int
     """Decode any photo PIL reads into ``(H, W, 3)`` uint8 RGB, longest side ≤ ``max_side``.
 
     The format comes from the content, not the file name (ImageNet has PNGs and CMYK JPEGs named
-    ``.JPEG``); EXIF orientation is applied; greyscale, palette, alpha, CMYK and 16-bit images are
-    converted.  Returns the image and the decoded photo's original ``(width, height)``.
+    ``.JPEG``); greyscale, palette, alpha, CMYK and 16-bit images are converted.  EXIF orientation
+    is *not* applied: ILSVRC boxes and the usual ImageNet loaders (torchvision, timm) use the stored
+    pixels, and so does lsbench.  Returns the image and the decoded photo's original ``(width, height)``.
     Raises :class:`PhotoError` with a one-line reason.
     """
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            try:
-                im = ImageOps.exif_transpose(im)
-            except Exception:  # noqa: BLE001 - a broken EXIF block leaves the pixels usable
-                pass
             size = im.size
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: keep the top 8 bits
+            if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit greyscale: keep the top 8 bits
                 arr = np.asarray(im, dtype=np.float64)
-                top = 65535.0 if arr.max() > 255 else 255.0
+                # "I;16*" is 16-bit by definition; PIL's 32-bit "I" holds 16-bit PNGs, or 8-bit data.
+                top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
                 im = Image.fromarray(np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
             elif im.mode == "F":
                 raise PhotoError(f"unsupported floating-point image ({im.format})")
             rgb = im.convert("RGB")
     except PhotoError:
         raise
+    except UnidentifiedImageError:
+        raise PhotoError("cannot decode (not an image format PIL can read)") from None
     except Image.DecompressionBombError as e:
         raise PhotoError(f"image too large to decode safely ({e})") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
         detail = str(e).splitlines()[0] if str(e) else "corrupt"
         raise PhotoError(f"cannot decode ({type(e).__name__}: {detail})") from None
-    if min(rgb.size) < MIN_SIDE:
-        raise PhotoError(f"photo is {rgb.size[0]}x{rgb.size[1]}, smaller than {MIN_SIDE} px")
     if max(rgb.size) > max_side:
         ratio = max_side / max(rgb.size)
         new = (max(1, round(rgb.size[0] * ratio)), max(1, round(rgb.size[1] * ratio)))
         rgb = rgb.resize(new, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if min(rgb.size) < MIN_SIDE:  # checked after the downscale: a 2000x100 strip becomes 512x26
+        raise PhotoError(f"photo is {rgb.size[0]}x{rgb.size[1]} px after decoding, smaller than {MIN_SIDE} px")
     return np.asarray(rgb, dtype=np.uint8).copy(), size
 
 
@@ -201,7 +201,11 @@ def _folder_set(layout: str, root: Path, folder: Path, split: str | None, ann: P
             rel = str((folder / name / f).relative_to(root))
             if split is not None and _test_share(rel) != (split == "test"):
                 continue
-            xml = ann / name / (Path(f).stem + ".xml") if ann is not None else None
+            xml = None
+            if ann is not None:  # per-class folders (train) or one flat folder (the official val XMLs)
+                xml = ann / name / (Path(f).stem + ".xml")
+                if not xml.is_file():
+                    xml = ann / (Path(f).stem + ".xml")
             photos.append(SourcePhoto(
                 id=rel, path=str(folder / name / f), label=labels[name],
                 prompt=known[name].prompt if imagenet else class_names[labels[name]],
