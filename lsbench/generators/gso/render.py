@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from . import scene as sc
 from .assets import HdriAsset, ObjectAsset
 
 CACHE_OBJECTS = 16
+_BLENDER_SCRIPTS = re.compile(r"[\\/](bpy|blender)[\\/]\d+\.\d+[\\/]scripts([\\/]|$)")
 ENGINES = {"cycles": "CYCLES", "eevee": "BLENDER_EEVEE"}
 DEVICES = ("cpu", "cuda", "optix")
 VIEW_TRANSFORM = "AgX"
@@ -63,6 +65,10 @@ class RenderSettings:
 
 def import_bpy():
     """``bpy`` or a :class:`ConfigError` that says how to install it."""
+    if "bpy" not in sys.modules:
+        # A process spawned by one that imported bpy inherits Blender's script folders on sys.path;
+        # their Python-only ``bpy`` package would shadow the wheel's and fail on ``import _bpy``.
+        sys.path[:] = [p for p in sys.path if not _BLENDER_SCRIPTS.search(p)]
     try:
         import bpy
     except ImportError as e:
