@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "render_gso.json")
     args = ap.parse_args()
 
+    load_before = [round(x, 2) for x in os.getloadavg()]  # other work on the machine slows every number here
     common = dict(size=args.size, device=args.device, scale_range=(0.5, 2.0))
     runs = []
     first = args.samples[0]
@@ -118,7 +119,7 @@ def main() -> None:
         "benchmark": "render_gso",
         "lsbench_version": __version__,
         "machine": {"platform": platform.platform(), "cpus": len(os.sched_getaffinity(0)),
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                    "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
                     "processor": platform.processor() or platform.machine(), "device": args.device},
         "bpy_version": _bpy_version(),
         "size": args.size,

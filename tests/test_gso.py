@@ -423,3 +423,15 @@ def test_eevee_renders_headless(tmp_path):
     for s in shards.read_split(out, "test"):
         assert s["meta"]["render"]["engine"] == "eevee" and s["image"].std() > 3
         assert all((s["mask"] == c).any() for c in s["meta"]["classes"])
+
+
+@pytest.mark.slow
+def test_gpu_device_without_gpu_is_one_line(cli, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: --device cuda renders here")
+    for device in ("cuda", "optix"):
+        result = cli("generate", "gso", "--out", tmp_path / "ds", *TINY_CLI, "--device", device)
+        assert_user_error(result, device.upper(), "--device cpu")
+        assert not (tmp_path / "ds").exists()  # refused before anything is written

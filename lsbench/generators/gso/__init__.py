@@ -42,6 +42,7 @@ from .render import (
     VIEW_TRANSFORM,
     WORLD_MAP_RESOLUTION,
     RenderSettings,
+    probe_device,
     projected_box,
     renderer,
     require_bpy,
@@ -307,6 +308,8 @@ def generate(
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     require_bpy()
+    if device != "cpu":
+        probe_device(device)
     available = gso_assets.discover_gso(gso_dir) if gso_dir is not None else gso_assets.demo_objects()
     all_hdris = gso_assets.discover_hdris(hdri_dir) if hdri_dir is not None else gso_assets.demo_hdris()
     chosen = choose_objects(available, objects, seed)

@@ -92,6 +92,43 @@ def require_bpy() -> None:
         )
 
 
+_PROBE = """
+import sys
+import bpy
+prefs = bpy.context.preferences.addons["cycles"].preferences
+kind = sys.argv[1]
+try:
+    prefs.compute_device_type = kind
+    prefs.get_devices()
+except TypeError:
+    print("LSBENCH-DEVICES none")
+else:
+    print("LSBENCH-DEVICES " + ",".join(d.name for d in prefs.devices if d.type == kind))
+"""
+
+
+def probe_device(device: str) -> list[str]:
+    """Names of the Cycles ``device`` (cuda/optix) devices Blender sees, asked in a separate process
+    (before any shard is planned, so a wrong ``--device`` leaves nothing behind); raises
+    :class:`ConfigError` when there are none."""
+    import subprocess
+
+    kind = device.upper()
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, kind], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"Blender took over 5 minutes to list {kind} devices; use --device cpu") from None
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("LSBENCH-DEVICES ")), None)
+    if line is None:
+        raise ConfigError(f"Blender could not list {kind} devices ({(done.stderr.strip().splitlines() or ['?'])[-1]})")
+    names = line.split(" ", 1)[1]
+    if names == "none":
+        raise ConfigError(f"this bpy build has no {kind} support; use --device cpu")
+    if not names:
+        raise ConfigError(f"Blender sees no {kind} device on this machine; use --device cpu (or another device)")
+    return names.split(",")
+
+
 @contextlib.contextmanager
 def _quiet_stdout():
     """Send what Blender prints on file descriptor 1 to a scratch file while the block runs."""
@@ -364,7 +401,10 @@ class Renderer:
         for (obj, _), cid, q in zip(wanted, class_ids, rotations):
             obj.pass_index = int(cid)
             obj.rotation_quaternion = [float(x) for x in q]
+        previous = self.env.image
         self.env.image = self._load_image(hdri.path)
+        if previous is not None and previous != self.env.image:
+            self.bpy.data.images.remove(previous)  # one HDRI in memory (a 4K EXR is 128 MB as float)
         self.mapping.inputs["Rotation"].default_value = (0.0, 0.0, float(hdri_rotation))
         self._placed = [obj for obj, _ in wanted]
         return [verts for _, verts in wanted]
