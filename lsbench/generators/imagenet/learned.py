@@ -161,6 +161,12 @@ def _threshold(options: dict[str, Any], key: str, default: float) -> float:
     return value
 
 
+def _fp16(options: dict[str, Any]) -> bool:
+    """``options['fp16']``, on unless set false (it only takes effect on CUDA)."""
+    value = options.get("fp16")
+    return True if value is None else bool(value)
+
+
 def _autocast(device: torch.device, fp16: bool) -> contextlib.AbstractContextManager:
     """float16 autocast on CUDA when ``fp16``; nothing (float32) otherwise."""
     if fp16 and device.type == "cuda":
@@ -283,13 +289,17 @@ class GroundingDinoDetector:
 
     @classmethod
     def load(cls, options: dict[str, Any]) -> GroundingDinoDetector:
-        """From ``options['gdino_checkpoint']`` (a transformers folder); see the module docstring."""
+        """From ``options['gdino_checkpoint']`` (a transformers folder); see the module docstring.
+
+        The tokenizer comes from ``options['text_encoder']`` when given (a bert-base-uncased folder), else
+        from the checkpoint folder.  ``gdino_config`` (the original repository's python config) is not used.
+        """
         path = _local_path(options, "gdino_checkpoint", "GroundingDINO", GDINO_HINT)
         if path.is_file():
             raise ConfigError(
                 f"GroundingDINO checkpoint {path} is a file (the original groundingdino .pth format, which lsbench "
-                "does not load): convert it with transformers' convert_grounding_dino_to_hf.py or pass "
-                f"--gdino-checkpoint with {GDINO_HINT}"
+                "does not load): convert it with convert_grounding_dino_to_hf.py from the transformers repository "
+                f"or pass --gdino-checkpoint with {GDINO_HINT}"
             )
         if not (path / "config.json").is_file():
             raise ConfigError(f"GroundingDINO checkpoint {path} has no config.json: pass --gdino-checkpoint with "
@@ -308,7 +318,7 @@ class GroundingDinoDetector:
             processor,
             device,
             batch_size=batch_size,
-            fp16=bool(options.get("fp16", True)),
+            fp16=_fp16(options),
             box_threshold=box_threshold,
             text_threshold=text_threshold,
             backend=f"gdino:transformers:{path.name}",
@@ -555,7 +565,7 @@ class SamSegmenter:
                 f"SAM checkpoint {path} holds a {found} model, not {sam_type}: pass --sam-type {found} "
                 f"or --sam-checkpoint with {_sam_hint(sam_type)}"
             )
-        return cls(model, device, batch_size=batch_size, fp16=bool(options.get("fp16", True)), backend=f"sam:{found}")
+        return cls(model, device, batch_size=batch_size, fp16=_fp16(options), backend=f"sam:{found}")
 
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[Box]) -> list[Segmentation]:
         """One ``(H, W)`` bool mask per ``(H, W, 3)`` uint8 photo, prompted by its ``(x0, y0, x1, y1)`` pixel box."""
