@@ -28,6 +28,10 @@ demo: $(STAMP)
 	$(LSB) generate imagenet --demo --offline --out $(DEMO)/imagenet-ls --train 16 --test 28 --workers 2
 	$(LSB) validate $(DEMO)/imagenet-ls
 	$(LSB) preview $(DEMO)/imagenet-ls --out $(DEMO)/imagenet-ls-preview.png -n 28
+	# locally scaled GSO rendered with Blender from the embedded assets (pybullet_data meshes, studio-light HDRIs)
+	$(LSB) generate gso --demo --out $(DEMO)/gso-ls --train 8 --test 10 --shard-size 5 --workers 2
+	$(LSB) validate $(DEMO)/gso-ls
+	$(LSB) preview $(DEMO)/gso-ls --out $(DEMO)/gso-ls-preview.png -n 10
 	# a 10-class task small enough to learn on a CPU in a minute: one digit per image, 64 px
 	$(LSB) generate mnist --out $(DEMO)/mnist-ls-1d --digits 1 --size 64 --train 2000 --test 500 --workers 2
 	rm -rf $(DEMO)/results $(DEMO)/site

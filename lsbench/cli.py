@@ -207,7 +207,9 @@ def generate_gso(
     device: str = typer.Option("cpu", help="Cycles device: cpu, cuda or optix."),
     seed: int = typer.Option(0, help="Seed: the same command gives the same dataset whatever --workers."),
     workers: int = typer.Option(1, help="Local worker processes, one Blender each (shards are split between them)."),
-    shard_size: int = typer.Option(250, help="Samples per shard (rounded down to whole groups)."),
+    shard_size: int = typer.Option(
+        100, help="Samples per shard (rounded down to whole groups); small, as renders take seconds each."
+    ),
     overwrite: bool = typer.Option(False, help="Replace a different dataset already in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
 ) -> None:

@@ -324,6 +324,8 @@ def test_masks_boxes_and_metadata_agree(demo_ds):
                 np.testing.assert_allclose(scene.project(np.array([obj["position"]]), K)[0], obj["pixel"], atol=1e-2)
                 assert obj["distance"] * obj["scale"] == pytest.approx(obj["reference_distance"], rel=1e-5)
             assert meta["scales"] == [o["scale"] for o in meta["objects"]]
+            assert meta["label"] == "+".join(o["id"] for o in meta["objects"])
+            assert meta["classes"] == [o["class_id"] for o in meta["objects"]]
             # The object is textured: its pixels are not one flat colour.
             assert image[mask > 0].std() > 3
 

@@ -247,6 +247,7 @@ def make_group(cfg: GsoConfig, split: str, group: int) -> list[dict[str, Any]]:
         ]
         meta = {
             "group": group, "variant": variant, "reference": grouped and variant == 0, "split": split,
+            "label": "+".join(o.id for o in objs),
             "classes": class_ids, "scales": scales, "distances": distances, "boxes": boxes, "visible_boxes": visible,
             "objects": objects, "camera": camera,
             "hdri": {"id": hdri.id, "rotation_deg": round(float(np.degrees(scn.hdri_rotation)), 4)},
@@ -290,7 +291,7 @@ def generate(
     device: str = "cpu",
     seed: int = 0,
     workers: int = 1,
-    shard_size: int = 1000,
+    shard_size: int = 100,
     overwrite: bool = False,
     progress: Progress | None = None,
     log=None,

@@ -130,18 +130,24 @@ def probe_device(device: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiet_stdout():
-    """Send what Blender prints on file descriptor 1 to a scratch file while the block runs."""
+def _quiet_stdout(stderr: bool = False):
+    """Send what Blender prints on file descriptor 1 (and 2 with ``stderr``: EEVEE's EGL chatter) to a
+    scratch file while the block runs."""
+    fds = (1, 2) if stderr else (1,)
     sys.stdout.flush()
-    saved = os.dup(1)
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in fds]
     with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
+        for fd in fds:
+            os.dup2(sink.fileno(), fd)
         try:
             yield sink
         finally:
             sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
+            sys.stderr.flush()
+            for fd, old in zip(fds, saved):
+                os.dup2(old, fd)
+                os.close(old)
 
 
 def _last_line(sink) -> str:
@@ -345,7 +351,7 @@ class Renderer:
 
     def _render(self, path: Path) -> None:
         self.scene.render.filepath = str(path)
-        with _quiet_stdout() as sink:
+        with _quiet_stdout(stderr=self.scene.render.engine != "CYCLES") as sink:
             try:
                 self.bpy.ops.render.render(write_still=True)
             except RuntimeError as e:
