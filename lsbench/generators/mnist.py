@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from PIL import Image
 from ..errors import ConfigError
 from ..shards import ShardSpec, encode_png
 from . import mnist_idx
-from .runner import BuildResult, Progress, SplitPlan, build
+from .runner import BuildResult, Progress, SplitPlan, build, split_code
 
 DIGIT_PX = 28
 TILE_PX = 70
@@ -135,12 +134,8 @@ def check_config(cfg: MnistConfig) -> None:
         )
 
 
-def _split_code(split: str) -> int:
-    return zlib.crc32(split.encode())
-
-
 def _group_rng(seed: int, split: str, group: int) -> np.random.Generator:
-    return np.random.default_rng([seed, _split_code(split), group])
+    return np.random.default_rng([seed, split_code(split), group])
 
 
 @functools.lru_cache(maxsize=4)

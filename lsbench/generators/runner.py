@@ -19,6 +19,7 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import signal
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,11 @@ class BuildResult:
     samples: int
     complete: bool  # the whole dataset is finished (always False for one rank of several)
     world_size: int = 1
+
+
+def split_code(split: str) -> int:
+    """A stable integer for a split name: generators seed their streams with (seed, split_code, ...)."""
+    return zlib.crc32(split.encode())
 
 
 def distributed_rank(env: dict[str, str] | None = None) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from PIL import Image
 
 from ...errors import ConfigError, DataError
 from ...shards import MANIFEST, ShardSpec, encode_png, read_manifest, write_json_atomic
-from ..runner import BuildResult, Progress, SplitPlan, build
+from ..runner import BuildResult, Progress, SplitPlan, build, split_code
 from . import compose
 from .cache import Outcome, Prepared, Rejection, StageCache, cache_key
 from .sources import (
@@ -341,10 +341,6 @@ def prepare(cfg: ImagenetConfig, photos: list[SourcePhoto], cache: StageCache,
 # ---------------------------------------------------------------- groups → photos
 
 
-def _split_code(split: str) -> int:
-    return int.from_bytes(split.encode()[:8].ljust(8, b"\0"), "big") % (2**31)
-
-
 class Assignment:
     """Which photos group ``g`` of a split tries, in order (seeded, balanced over classes)."""
 
@@ -353,13 +349,13 @@ class Assignment:
         labels = sorted(sources.by_label)
         if not labels:
             raise DataError(f"no source photos for the {split} split")
-        rng = np.random.default_rng([seed, _split_code(split), 0])
+        rng = np.random.default_rng([seed, split_code(split), 0])
         self.classes = [labels[i] for i in rng.permutation(len(labels))]
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one Assignment per split per process
     def order(self, label: int) -> tuple[SourcePhoto, ...]:
         photos = self.sources.by_label[label]
-        perm = np.random.default_rng([self.seed, _split_code(self.split), 1, label]).permutation(len(photos))
+        perm = np.random.default_rng([self.seed, split_code(self.split), 1, label]).permutation(len(photos))
         return tuple(photos[i] for i in perm)
 
     def candidates(self, group: int) -> Iterator[SourcePhoto]:
@@ -394,7 +390,7 @@ def compose_group(cfg: ImagenetConfig, split: str, group: int, photo: SourcePhot
     if grouped:
         scales = list(cfg.scales)
     else:
-        rng = np.random.default_rng([cfg.seed, _split_code(split), 2, group])
+        rng = np.random.default_rng([cfg.seed, split_code(split), 2, group])
         scales = [round(float(rng.uniform(*cfg.scale_range)), 6)]
     cut = prepared.cutout
     anchor = compose.anchor_point(cut.box, cfg.anchor)
