@@ -134,6 +134,22 @@ def test_every_variant_is_a_valid_placement():
                 assert r <= p[0] <= 128 - r and r <= p[1] <= 128 - r
 
 
+def test_disc_radius_holds_the_projected_sphere():
+    """Off the optical axis a sphere's image stretches outwards by more than 1/cos² of its on-axis size:
+    the disc used for placement must still hold every projected point of the sphere."""
+    K = scene.intrinsics(256)
+    u = np.random.default_rng(0).normal(size=(20000, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    for pixel in ([128.0, 128.0], [20.0, 20.0], [230.0, 40.0], [5.0, 128.0]):
+        direction = scene.ray(np.array(pixel), K)
+        off_axis = math.acos(min(1.0, direction[1]))
+        for d in (0.35, 0.6, 1.0, 2.0):
+            uv = scene.project(d * direction + scene.OBJECT_RADIUS * u, K)
+            reach = np.linalg.norm(uv - pixel, axis=1).max()
+            r = scene.disc_radius_px(d, K, off_axis)
+            assert reach <= r * (1 + 1e-9) and reach >= 0.99 * r, (pixel, d, reach, r)
+
+
 def test_placement_rejects_intersection_occlusion_and_leaving_the_image():
     K = scene.intrinsics(256)
     d = scene.distance_for_radius(20, K)
@@ -233,9 +249,12 @@ def test_manifest_identity_describes_a_segmentation_task():
          "texture"),
         (lambda p: (make_gso(p, {"duck": "duck.obj", "ball": "soccerball.obj"}),
                     (p / "duck/meshes/model.obj").write_text("# empty\nmtllib model.mtl\n")), "not a usable OBJ"),
+        (lambda p: (make_gso(p, {"duck": "duck.obj", "ball": "soccerball.obj"}),
+                    (p / "duck/meshes/model.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")),
+         "no texture coordinates"),
         (lambda p: (p.mkdir(), (p / "x.zip").write_bytes(b"no zip")), "not a readable zip"),
     ],
-    ids=["missing", "empty", "no-mesh", "no-texture", "broken-obj", "bad-zip"],
+    ids=["missing", "empty", "no-mesh", "no-texture", "broken-obj", "no-uv", "bad-zip"],
 )
 def test_bad_gso_folder_is_one_line(cli, tmp_path, setup, needle):
     folder = tmp_path / "gso"
@@ -411,10 +430,27 @@ def test_gso_layout_and_hdri_folder_end_to_end(cli, tmp_path):
 def test_demo_notice_and_broken_mesh_from_blender(cli, tmp_path):
     """An OBJ that passes the text check but gives Blender no faces fails the render in one line."""
     folder = make_gso(tmp_path / "gso", {"duck": "duck.obj", "ball": "soccerball.obj"})
-    (folder / "duck" / "meshes" / "model.obj").write_text("v 0 0 0\nv 1 0 0\nf 1 2 7\n")
+    (folder / "duck" / "meshes" / "model.obj").write_text("v 0 0 0\nv 1 0 0\nvt 0 0\nf 1 2 7\n")
     result = cli("generate", "gso", "--gso", folder, "--out", tmp_path / "ds", *TINY_CLI, "--seed", "1")
     assert_user_error(result, "object duck", "yields no mesh")
     assert "pybullet" not in result.stderr and "studio-light" in result.stderr  # HDRIs still the demo's
+
+
+@pytest.mark.slow
+def test_renderer_cache_tells_apart_objects_with_the_same_id(tmp_path):
+    """One process may render several datasets whose objects share an id (a GSO "duck" that is not the
+    demo's duck, a re-extracted zip): the loaded mesh must be the asset's own, not a cached namesake."""
+    first = make_gso(tmp_path / "a", {"duck": "duck.obj", "ball": "soccerball.obj"}, zipped=("ball",))
+    second = make_gso(tmp_path / "b", {"duck": "jenga/jenga.obj", "ball": "domino/domino.obj"}, zipped=("ball",))
+    r = render.renderer(render.RenderSettings(32, samples=1))
+    hdri = assets.demo_hdris()[0]
+    rot = np.array([[1.0, 0, 0, 0]] * 2)
+    verts = {}
+    for folder in (first, second):
+        objs = assets.discover_gso(folder)
+        verts[folder] = r.place(objs, [1, 2], hdri, 0.0, rot)
+    for a, b in zip(verts[first], verts[second]):
+        assert a.shape != b.shape  # duck ≠ jenga, soccer ball ≠ domino
 
 
 @pytest.mark.slow

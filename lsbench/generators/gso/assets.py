@@ -237,19 +237,22 @@ def _open_member(asset: ObjectAsset, member: str):
 
 def check_and_hash_object(asset: ObjectAsset, h: Any) -> None:
     """Feed the object's mesh and texture bytes into ``h`` (a hashlib object) while checking that the
-    OBJ has vertices and faces and the texture is a PNG/JPEG; raises :class:`DataError`."""
+    OBJ has vertices, texture coordinates and faces and the texture is a PNG/JPEG; raises :class:`DataError`."""
     where = f"{asset.archive}:{asset.mesh}" if asset.archive else asset.mesh
-    has_v = has_f = False
+    has_v = has_vt = has_f = False
     tail = b"\n"
     with _open_member(asset, asset.mesh) as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
             text = tail + chunk
             has_v = has_v or b"\nv " in text
+            has_vt = has_vt or b"\nvt " in text
             has_f = has_f or b"\nf " in text
-            tail = chunk[-2:]
+            tail = chunk[-3:]  # a marker split between chunks is still found
     if not (has_v and has_f):
         raise DataError(f"GSO object {asset.id}: {where} is not a usable OBJ mesh (no vertices or no faces)")
+    if not has_vt:
+        raise DataError(f"GSO object {asset.id}: {where} has no texture coordinates (vt lines) to map its texture")
     with _open_member(asset, asset.texture) as f:
         head = f.read(8)
         h.update(head)

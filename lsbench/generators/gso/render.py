@@ -171,7 +171,10 @@ class Renderer:
         self.bpy = bpy = import_bpy()
         self.tmp = Path(tempfile.mkdtemp(prefix="lsbench-gso-"))
         atexit.register(shutil.rmtree, self.tmp, True)
-        self.objects: OrderedDict[str, tuple[object, np.ndarray]] = OrderedDict()  # id → (bpy object, verts)
+        self._extracted = 0  # zip extractions so far (each gets its own folder)
+        # asset → (bpy object, verts); keyed by the whole asset (paths too), not its id: one process may
+        # render several datasets whose objects share ids (a GSO "duck" and the demo's).
+        self.objects: OrderedDict[ObjectAsset, tuple[object, np.ndarray]] = OrderedDict()
         with _quiet_stdout():
             bpy.ops.wm.read_factory_settings(use_empty=True)
         scene = self.scene = bpy.context.scene
@@ -249,7 +252,8 @@ class Renderer:
         """Mesh and texture paths on disk (zip members are extracted into this renderer's temp folder)."""
         if asset.archive is None:
             return asset.mesh, asset.texture
-        dst = self.tmp / "objects" / asset.id
+        dst = self.tmp / "objects" / f"{self._extracted}-{asset.id}"  # unique: images are cached by path
+        self._extracted += 1
         paths = []
         with zipfile.ZipFile(asset.archive) as z:
             for member, name in ((asset.mesh, "model.obj"), (asset.texture, "texture" + Path(asset.texture).suffix)):
@@ -325,13 +329,13 @@ class Renderer:
         return obj, verts
 
     def _object(self, asset: ObjectAsset):
-        if asset.id in self.objects:
-            self.objects.move_to_end(asset.id)
-            return self.objects[asset.id]
+        if asset in self.objects:
+            self.objects.move_to_end(asset)
+            return self.objects[asset]
         while len(self.objects) >= CACHE_OBJECTS:
             _, (old, _) = self.objects.popitem(last=False)
             self._drop(old)
-        entry = self.objects[asset.id] = self._load_object(asset)
+        entry = self.objects[asset] = self._load_object(asset)
         return entry
 
     def _drop(self, obj) -> None:
@@ -401,9 +405,9 @@ class Renderer:
         """Set up a group's scene: only ``assets`` visible (pass index = class id), the HDRI rotated by
         ``hdri_rotation`` rad about Z.  Returns each object's normalised vertices (N, 3) in m."""
         wanted = [self._object(a) for a in assets]  # may evict others: load before hiding
-        used = {a.id for a in assets}
-        for object_id, (obj, _) in self.objects.items():
-            obj.hide_render = object_id not in used
+        used = set(assets)
+        for asset, (obj, _) in self.objects.items():
+            obj.hide_render = asset not in used
         for (obj, _), cid, q in zip(wanted, class_ids, rotations):
             obj.pass_index = int(cid)
             obj.rotation_quaternion = [float(x) for x in q]

@@ -76,11 +76,16 @@ def ray(pixel: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 
 def disc_radius_px(distance: float, K: np.ndarray, off_axis: float = 0.0, radius: float = OBJECT_RADIUS) -> float:
-    """Radius (px) of the disc that holds the projection of a sphere of ``radius`` m at ``distance`` m
-    whose centre is ``off_axis`` rad from the optical axis (the projection stretches radially by
-    up to ``1 / cos²``; we take that bound)."""
+    """Radius (px) of the disc centred on the sphere centre's projection that holds the projection of
+    a sphere of ``radius`` m at ``distance`` m whose centre is ``off_axis`` rad from the optical axis.
+
+    The sphere subtends a cone of half-angle ``a = asin(radius / distance)``; its image reaches
+    farthest from the centre's projection radially outwards, at ``f · (tan(off_axis + a) − tan(off_axis))``
+    (infinite once the cone reaches 90° from the axis)."""
     half = math.asin(min(radius / distance, 0.999))
-    return K[0, 0] * math.tan(half) / math.cos(off_axis) ** 2
+    if off_axis + half >= math.pi / 2:
+        return math.inf
+    return K[0, 0] * (math.tan(off_axis + half) - math.tan(off_axis))
 
 
 def distance_for_radius(r_px: float, K: np.ndarray, radius: float = OBJECT_RADIUS) -> float:
