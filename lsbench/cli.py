@@ -249,7 +249,7 @@ def generate_imagenet(
         "the box prior; grabcut; opencv."
     ),
     gdino_checkpoint: str | None = typer.Option(None, help="Local GroundingDINO checkpoint (HF-format folder)."),
-    gdino_config: str | None = typer.Option(None, help="GroundingDINO config file, for an original .pth."),
+    gdino_config: str | None = typer.Option(None, help="Not used (lsbench loads transformers-format folders)."),
     text_encoder: str | None = typer.Option(None, help="Local bert-base-uncased folder for GroundingDINO."),
     sam_checkpoint: str | None = typer.Option(None, help="Local SAM checkpoint (e.g. sam_vit_h_4b8939.pth)."),
     sam_type: str = typer.Option("vit_h", help="SAM architecture: vit_h, vit_l or vit_b."),

@@ -589,6 +589,29 @@ def test_stage_settings_follow_the_stage_options():
     assert settings == pipeline.ImagenetConfig(**CLASSICAL, batch_size=1, cache_dir="/elsewhere").stage_settings()
 
 
+def test_stage_settings_follow_the_checkpoint_folder_contents(tmp_path):
+    """A transformers checkpoint is a folder: new weights written over a file in it (no folder metadata
+    changes) must not serve the cache entries of the old weights; nor may a new tokenizer."""
+    folder, bert = tmp_path / "gdino", tmp_path / "bert"
+    _write(folder / "model.safetensors", b"old weights")
+    _write(bert / "vocab.txt", b"[PAD]\n")
+    cfg = pipeline.ImagenetConfig(detector="gdino", segmenter="grabcut", inpainter="opencv",
+                                  gdino_checkpoint=str(folder), text_encoder=str(bert))
+    before = cfg.stage_settings()
+    with open(folder / "model.safetensors", "wb") as f:  # in place: the folder's size and mtime stay
+        f.write(b"new weights!")
+    assert cfg.stage_settings() != before
+    before = cfg.stage_settings()
+    (bert / "vocab.txt").write_bytes(b"[PAD]\n[UNK]\n")
+    assert cfg.stage_settings() != before
+
+
+def test_an_empty_mask_is_rejected_whatever_the_thresholds():
+    cfg = pipeline.ImagenetConfig(**CLASSICAL, min_mask=0.0, min_in_box=0.0)
+    rejection, _ = pipeline._check_mask(cfg, np.zeros((40, 50), bool), (5, 5, 30, 30))
+    assert rejection is not None and rejection.stage == "segment" and rejection.reason == "empty mask"
+
+
 # --------------------------------------------------------------------------- 5. assignment
 
 

@@ -10,6 +10,7 @@ thresholds, batched == one-by-one, the composite outside the mask, and the error
 
 from __future__ import annotations
 
+import json
 import sys
 from functools import partial
 from pathlib import Path
@@ -413,3 +414,91 @@ def test_other_errors_pass_through():
 
     with pytest.raises(ValueError, match="bad input"):
         learned.run_in_batches(fn, [1, 2], 2, "SAM")
+
+
+# --------------------------------------------------------------------------- the pipeline with the learned backends
+
+
+def _samples(directory: Path) -> list[dict]:
+    from lsbench.shards import read_split
+
+    return [s for split in ("train", "test") for s in read_split(directory, split)]
+
+
+def test_pipeline_end_to_end_with_sam_and_lama(tmp_path, sam_path, lama_paths):
+    """``generate`` on the demo photos with the dataset boxes, SAM and LaMa loaded from their checkpoints:
+    valid shards, the backends recorded per sample, and a rerun redoes a lost shard from the cache alone."""
+    from lsbench import shards
+    from lsbench.generators.imagenet import pipeline
+
+    options = dict(demo=True, train=2, test=7, shard_size=7, detector="annotation", segmenter="sam",
+                   inpainter="lama", sam_checkpoint=str(sam_path), sam_type="", lama_checkpoint=str(lama_paths[True]),
+                   batch_size=2)
+    out = tmp_path / "ds"
+    result = pipeline.generate(out, **options)
+    assert result.complete and shards.validate(out) == []
+    samples = _samples(out)
+    assert len(samples) == 9
+    for s in samples:
+        assert s["meta"]["backends"] == {"detect": "annotation", "segment": "sam:vit-32x2-128px",
+                                         "inpaint": "lama:torchscript:lama_True.pt"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["segmenter"] == "sam" and set(manifest["yield"]) == {"train", "test"}
+    for entry in (json.loads(line) for line in (out / "rejections.jsonl").read_text().splitlines()):
+        assert entry["stage"] == "segment" and "in_box_fraction" in entry["scores"]  # random SAM weights
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    cached = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")}
+    (out / "test-000000.tar").unlink()
+    again = pipeline.generate(out, **options)
+    assert (again.shards_written, again.complete) == (1, True)
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
+    assert {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")} == cached
+
+
+def test_pipeline_logs_gdino_rejections(tmp_path, gdino_dir):
+    """GroundingDINO through ``generate``: a box threshold no score passes rejects every photo at detect,
+    each logged with its reason, and the run stops with one line pointing to the log."""
+    from lsbench.errors import DataError
+    from lsbench.generators.imagenet import pipeline
+
+    out = tmp_path / "ds"
+    with pytest.raises(DataError) as info:
+        pipeline.generate(out, demo=True, train=1, test=0, detector="gdino", segmenter="grabcut", inpainter="opencv",
+                          gdino_checkpoint=str(gdino_dir), box_threshold=1.0, max_attempts=3)
+    assert "\n" not in str(info.value) and "3 photos in a row were rejected" in str(info.value)
+    log = [r for p in (out / pipeline.REJECTION_DIR).glob("*.json") for r in json.loads(p.read_text())["rejected"]]
+    assert len(log) == 3
+    for r in log:
+        assert r["stage"] == "detect" and r["reason"].startswith("nothing found for") and "box 1.0" in r["reason"]
+    # With thresholds every query passes, the photos get past detection and the detector's box is recorded.
+    out = tmp_path / "ds2"
+    try:
+        pipeline.generate(out, demo=True, train=1, test=0, detector="gdino", segmenter="grabcut",
+                          inpainter="opencv", gdino_checkpoint=str(gdino_dir), box_threshold=0.0, text_threshold=0.0,
+                          max_attempts=2)
+    except DataError:
+        pass
+    log = [r for p in (out / pipeline.REJECTION_DIR).glob("*.json") for r in json.loads(p.read_text())["rejected"]]
+    assert log or (out / "manifest.json").is_file()
+    assert all(r["stage"] == "segment" and 0 <= r["scores"]["detection_score"] <= 1 for r in log)
+    if (out / "manifest.json").is_file() and json.loads((out / "manifest.json").read_text())["complete"]:
+        assert _samples(out)[0]["meta"]["backends"]["detect"] == "gdino:transformers:grounding-dino-micro"
+
+
+def test_pipeline_bad_checkpoint_leaves_nothing_behind(tmp_path, lama_paths, recwarn):
+    """Models load at the first photo not in the cache, after the output folder exists: a checkpoint that
+    fails to load is one line, leaves no half-made dataset (so the corrected command is not told the
+    folder holds a different dataset), and torch's warnings about the file do not reach the user."""
+    from lsbench.generators.imagenet import pipeline
+
+    out = tmp_path / "ds"
+    options = dict(demo=True, train=1, test=0, detector="annotation", segmenter="sam", inpainter="opencv", sam_type="")
+    with pytest.raises(ConfigError, match="is not a readable PyTorch checkpoint") as info:
+        pipeline.generate(out, **options, sam_checkpoint=str(lama_paths[True]))
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    out.mkdir()  # an empty folder the user made is kept, empty
+    with pytest.raises(ConfigError):
+        pipeline.generate(out, **options, sam_checkpoint=str(lama_paths[True]))
+    assert out.is_dir() and not any(out.iterdir())

@@ -610,7 +610,9 @@ class SamSegmenter:
 def _load_sam(path: Path, device: torch.device) -> tuple[Any, str]:
     hint = _sam_hint(None)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns before failing on a TorchScript file (e.g. big-lama.pt)
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds (pickle, zip, EOF) for a file that is not a checkpoint
         raise ConfigError(f"SAM checkpoint {path} is not a readable PyTorch checkpoint ({type(error).__name__}): "
                           f"pass --sam-checkpoint with {hint}") from None

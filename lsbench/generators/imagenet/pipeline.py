@@ -124,13 +124,22 @@ class ImagenetConfig:
         ckpts = {}
         for name in (self.detector, self.segmenter, self.inpainter):
             if name in CHECKPOINT_OPTIONS:
-                path = getattr(self, CHECKPOINT_OPTIONS[name][0])
-                st = os.stat(path)
-                ckpts[name] = [str(Path(path).resolve()), st.st_size, int(st.st_mtime)]
+                ckpts[name] = _fingerprint(getattr(self, CHECKPOINT_OPTIONS[name][0]))
+        if self.detector == "gdino" and self.text_encoder:  # the tokenizer shapes the detections too
+            ckpts["text_encoder"] = _fingerprint(self.text_encoder)
         keys = ("detector", "segmenter", "inpainter", "gdino_config", "text_encoder", "sam_type", "box_threshold",
                 "text_threshold", "prior_fraction", "min_mask", "max_mask", "min_in_box", "dilate", "max_side")
         half = self.fp16 and self.device.startswith("cuda") and {self.detector, self.segmenter} & {"gdino", "sam"}
         return {k: getattr(self, k) for k in keys} | {"checkpoints": ckpts, "half": bool(half), "v": 1}
+
+
+def _fingerprint(path: str) -> list:
+    """A checkpoint's resolved path with the size and mtime of its file, or of every file in its folder
+    (a transformers checkpoint is a folder: overwriting a file in it changes no folder metadata)."""
+    root = Path(path).resolve()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return [str(root), [[str(p.relative_to(root)) if p != root else "", p.stat().st_size, p.stat().st_mtime_ns]
+                        for p in files]]
 
 
 def check_config(cfg: ImagenetConfig) -> None:
@@ -242,6 +251,8 @@ def _check_mask(cfg: ImagenetConfig, mask: np.ndarray, box) -> tuple[Rejection |
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     inside = float(mask[max(0, y0):y1, max(0, x0):x1].sum() / total) if total else 0.0
     scores = {"mask_fraction": round(area, 6), "in_box_fraction": round(inside, 6)}
+    if total == 0:  # whatever --min-mask says: there is nothing to cut out
+        return Rejection("segment", "empty mask", scores), scores
     if area < cfg.min_mask:
         return Rejection("segment", f"mask covers {area:.1%} of the photo (minimum {cfg.min_mask:.0%})", scores), scores
     if area > cfg.max_mask:
@@ -287,7 +298,7 @@ def _run_stages(cfg: ImagenetConfig, stages: Stages, jobs: list[_Job]) -> list[O
         fills = stages.inpainter.inpaint([jobs[i].image for i, _ in keep], [_dilate(m, cfg.dilate) for _, m in keep])
         for (i, mask), background in zip(keep, fills):
             job = jobs[i]
-            job.info["backends"]["inpaint"] = getattr(stages.inpainter, "name", cfg.inpainter)
+            job.info["backends"]["inpaint"] = getattr(stages.inpainter, "backend", stages.inpainter.name)
             job.info["size"] = [int(job.image.shape[1]), int(job.image.shape[0])]
             job.info["source_size"] = list(job.source_size)
             out[i] = Prepared(background, compose.cut_out(job.image, mask), job.info)
@@ -536,6 +547,8 @@ def generate(
     )
     check_config(cfg)
     _sources.cache_clear()  # a library caller may have added photos since the last call
+    if cfg.gdino_config and cfg.detector == "gdino" and log is not None:
+        log("--gdino-config is not used: GroundingDINO loads from the transformers-format --gdino-checkpoint folder")
     if asked != test and log is not None:
         log(f"--test {asked:,} rounded down to {test:,} images (whole groups of {group_size})")
     digests = []
@@ -556,11 +569,22 @@ def generate(
     if overwrite:
         shutil.rmtree(out / REJECTION_DIR, ignore_errors=True)
         (out / REJECTIONS).unlink(missing_ok=True)
-    result = build(
-        out, name="imagenet-ls" if not demo else "imagenet-ls-demo", generator="imagenet", config=identity,
-        seed=cfg.seed, splits=splits, shard_size=shard_size, make_shard=functools.partial(make_shard, cfg),
-        workers=workers, overwrite=overwrite, progress=progress,
-    )
+    existed = out.is_dir()
+    fresh = not existed or not any(out.iterdir())
+    try:
+        result = build(
+            out, name="imagenet-ls" if not demo else "imagenet-ls-demo", generator="imagenet", config=identity,
+            seed=cfg.seed, splits=splits, shard_size=shard_size, make_shard=functools.partial(make_shard, cfg),
+            workers=workers, overwrite=overwrite, progress=progress,
+        )
+    except ConfigError:
+        # A backend that fails to load (models load lazily, at the first photo not in the cache) leaves
+        # nothing behind in a new folder: the corrected command starts afresh instead of finding a
+        # "different dataset" (the checkpoint paths are part of its identity).
+        if fresh and out.is_dir() and not any(out.glob("*.tar")):
+            for child in list(out.iterdir()) if existed else [out]:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
     if result.complete:
         summary = summarize_rejections(out)
         manifest = read_manifest(out)
