@@ -52,6 +52,9 @@ MAX_ATTEMPTS = 8  # scene redraws when an object ends up (nearly) invisible in s
 MIN_VISIBLE_FRAC = 0.001  # an object must cover at least this fraction of the image (and 12 px) in every variant
 MAX_CLASSES = 255  # masks are uint8
 TEST_HDRI_FRAC = 0.25
+# size × smallest scale below this leaves the smallest objects ~2 px in radius, too few pixels to pass
+# the visibility check: a build would stop at some group with "no scene ... after 8 draws".
+MIN_SIZE_X_SCALE = 24
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,11 @@ def check_options(cfg: GsoConfig, shard_size: int) -> None:
         raise ConfigError(
             f"--scale-range {cfg.scale_min} {cfg.scale_max} is outside 0.2–3.0: two objects must fit in the image "
             "at every scale and stay visible at the smallest"
+        )
+    if cfg.size * cfg.scale_min < MIN_SIZE_X_SCALE:
+        raise ConfigError(
+            f"--size {cfg.size} with --scale-range minimum {cfg.scale_min} makes the smallest objects too small to "
+            f"see (size × minimum scale must be at least {MIN_SIZE_X_SCALE}); raise --size or the --scale-range minimum"
         )
     if cfg.variants < 1:
         raise ConfigError(

@@ -321,8 +321,10 @@ class Renderer:
         if not mesh.uv_layers:
             raise RenderError(f"object {asset.id}: {where} has no texture coordinates (vt) for its texture")
         material = self._textured_material(asset, texture)
+        imported = [m for m in mesh.materials if m is not None]  # the OBJ's own (.mtl) materials
         mesh.materials.clear()
         mesh.materials.append(material)
+        self._remove_unused(imported)  # else every (re)load leaves them behind
         for poly in mesh.polygons:
             poly.material_index = 0
         obj.rotation_mode = "QUATERNION"
@@ -344,8 +346,16 @@ class Renderer:
         mats = list(mesh.materials)
         bpy.data.objects.remove(obj)
         bpy.data.meshes.remove(mesh)
-        for m in mats:
-            images = [n.image for n in m.node_tree.nodes if n.type == "TEX_IMAGE" and n.image]
+        self._remove_unused(mats)
+
+    def _remove_unused(self, materials) -> None:
+        """Remove those of ``materials`` no longer used, and their images once unused."""
+        bpy = self.bpy
+        for m in {m for m in materials if m is not None}:
+            if m.users:
+                continue
+            nodes = m.node_tree.nodes if m.node_tree else []
+            images = {n.image for n in nodes if n.type == "TEX_IMAGE" and n.image}
             bpy.data.materials.remove(m)
             for im in images:
                 if im.users == 0:
