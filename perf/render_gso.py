@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ def breakdown(size: int, samples: list[int], device: str, repeats: int = 4) -> d
     out = {}
     K = scene.intrinsics(size)
     for spp in samples:
-        r = render.Renderer(render.RenderSettings(size, "cycles", spp, True, device, 0))
+        r = render.renderer(render.RenderSettings(size, "cycles", spp, True, device, 0))  # the process's one
         times = {"image": [], "mask": []}
         for g in range(repeats + 1):
             s = scene.sample_group(np.random.default_rng(g), num_objects=len(objs), num_hdris=len(hdris), size=size,
@@ -133,7 +132,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    shutil.rmtree(Path(tempfile.gettempdir()) / "lsbench-gso-perf", ignore_errors=True)
 
 
 def _bpy_version() -> str:
