@@ -612,6 +612,21 @@ def test_an_empty_mask_is_rejected_whatever_the_thresholds():
     assert rejection is not None and rejection.stage == "segment" and rejection.reason == "empty mask"
 
 
+def test_prepare_decodes_one_batch_at_a_time(tmp_path, monkeypatch):
+    """A round of cache misses is decoded batch by batch, not all at once before the first batch runs."""
+    photos = [p for v in sources.demo_set().by_label.values() for p in v]
+    events: list[str] = []
+    decode = pipeline.decode_photo
+    monkeypatch.setattr(pipeline, "decode_photo", lambda *a: events.append("decode") or decode(*a))
+    run = pipeline._run_stages
+    monkeypatch.setattr(pipeline, "_run_stages",
+                        lambda cfg, st, jobs: events.append(f"run{len(jobs)}") or run(cfg, st, jobs))
+    cfg = pipeline.ImagenetConfig(**CLASSICAL, demo=True, batch_size=2)
+    out = pipeline.prepare(cfg, photos, StageCache(tmp_path), lambda: pipeline.stages_for(cfg))
+    assert len(photos) == 4 and all(isinstance(o, Prepared) for o in out)
+    assert events == ["decode", "decode", "run2", "decode", "decode", "run2"]
+
+
 # --------------------------------------------------------------------------- 5. assignment
 
 
@@ -827,6 +842,19 @@ def test_rerun_redoes_only_the_missing_shard_from_the_cache(demo_dataset, tmp_pa
     assert shards.validate(out) == []
     # Nothing missing: nothing written.
     assert pipeline.generate(out, **DEMO).shards_written == 0
+
+
+def test_rejection_summary_ignores_logs_of_shards_not_in_the_manifest(demo_dataset, tmp_path):
+    """A log left by an earlier run with another shard size is not counted again."""
+    out = tmp_path / "ds"
+    shutil.copytree(demo_dataset, out)
+    stray = {"shard": "test-000009.tar", "split": "test", "groups": 5,
+             "rejected": [{"split": "test", "group": 40, "photo": "x.jpg", "label": 0, "stage": "load",
+                           "reason": "cannot read", "scores": {}}]}
+    (out / pipeline.REJECTION_DIR / "test-000009.json").write_text(json.dumps(stray))
+    summary = pipeline.summarize_rejections(out)
+    assert summary["test"] == {"accepted": 4, "rejected": {}, "yield": 1.0}
+    assert (out / "rejections.jsonl").read_text() == ""
 
 
 def test_anchor_bottom_keeps_the_bottom_edge(demo_dataset, tmp_path):

@@ -315,10 +315,13 @@ def _stat(path: str | None) -> list[int] | None:
 
 def prepare(cfg: ImagenetConfig, photos: list[SourcePhoto], cache: StageCache,
             stages: Callable[[], Stages]) -> list[Outcome]:
-    """The stage outputs for ``photos``: from the cache, else computed in batches and cached."""
+    """The stage outputs for ``photos``: from the cache, else computed in batches and cached.
+
+    Photos are decoded batch by batch, so at most ``batch_size`` decoded photos are held at once
+    (a shard's round may miss the cache for a thousand photos)."""
     results: list[Outcome | None] = [None] * len(photos)
     settings = cfg.stage_settings()
-    jobs: list[tuple[int, _Job]] = []
+    misses: list[tuple[int, SourcePhoto, str, bytes]] = []
     for i, photo in enumerate(photos):
         try:
             data = read_photo_bytes(photo)
@@ -333,16 +336,20 @@ def prepare(cfg: ImagenetConfig, photos: list[SourcePhoto], cache: StageCache,
         hit = cache.get(key)
         if hit is not None:
             results[i] = hit
+        else:
+            misses.append((i, photo, key, data))
+    for start in range(0, len(misses), cfg.batch_size):
+        chunk: list[tuple[int, _Job]] = []
+        for i, photo, key, data in misses[start:start + cfg.batch_size]:
+            try:
+                image, source_size = decode_photo(data, cfg.max_side)
+            except PhotoError as e:
+                results[i] = Rejection("load", str(e), {})
+                cache.put(key, results[i])
+                continue
+            chunk.append((i, _Job(photo, key, image, source_size)))
+        if not chunk:
             continue
-        try:
-            image, source_size = decode_photo(data, cfg.max_side)
-        except PhotoError as e:
-            results[i] = Rejection("load", str(e), {})
-            cache.put(key, results[i])
-            continue
-        jobs.append((i, _Job(photo, key, image, source_size)))
-    for start in range(0, len(jobs), cfg.batch_size):
-        chunk = jobs[start:start + cfg.batch_size]
         for (i, job), outcome in zip(chunk, _run_stages(cfg, stages(), [j for _, j in chunk])):
             cache.put(job.key, outcome)
             results[i] = outcome
@@ -483,9 +490,14 @@ def split_groups(cfg: ImagenetConfig) -> dict[str, int]:
 
 
 def summarize_rejections(out: Path) -> dict[str, Any]:
-    """Join the per-shard logs into ``rejections.jsonl``; yield per split and stage."""
+    """Join the per-shard logs of the manifest's shards into ``rejections.jsonl``; yield per split and stage.
+
+    Logs of shards the manifest does not list (left by an earlier run with another shard size) are
+    ignored: they would count their photos twice."""
     out = Path(out)
-    logs = sorted((out / REJECTION_DIR).glob("*.json"))
+    listed = {rec["name"].removesuffix(".tar") for entry in read_manifest(out)["splits"].values()
+              for rec in entry.get("shards", [])}
+    logs = sorted(p for p in (out / REJECTION_DIR).glob("*.json") if p.stem in listed)
     summary: dict[str, Any] = {}
     lines = []
     for path in logs:
