@@ -466,6 +466,18 @@ def test_different_dataset_is_refused_then_overwritten(tmp_path):
     assert shards.validate(out) == []
 
 
+def test_other_shard_size_is_refused_not_mixed(tmp_path):
+    """A shard's name says which samples it holds only under one shard size: never reuse across sizes."""
+    out = tmp_path / "ds"
+    generate_tiny(out)
+    before = shard_files(out)
+    with pytest.raises(DatasetError, match=r"differs in: --shard-size \(was \d+\)"):
+        generate_tiny(out, shard_size=5)
+    assert shard_files(out) == before and shards.validate(out) == []
+    generate_tiny(out, shard_size=5, overwrite=True)
+    assert shards.validate(out) == []
+
+
 def test_overwrite_removes_shards_the_new_plan_does_not_have(tmp_path):
     out = tmp_path / "ds"
     generate_tiny(out, train=40)

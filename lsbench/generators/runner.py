@@ -98,7 +98,9 @@ def _known_manifests(out: Path) -> list[Path]:
 
 
 def _identity(manifest: dict[str, Any]) -> tuple:
-    return manifest.get("generator"), manifest.get("config"), manifest.get("seed")
+    # The shard size decides which samples each shard name holds, so a finished shard is only
+    # reusable under the same shard size.
+    return manifest.get("generator"), manifest.get("config"), manifest.get("seed"), manifest.get("shard_size")
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -166,9 +168,13 @@ def build(
             if not overwrite:
                 raise DatasetError(f"{path} is unreadable; pass --overwrite to replace the dataset in {out}") from None
     manifest = new_manifest(name, generator, config, seed)
+    manifest["shard_size"] = shard_size
     different = [m for m in existing if _identity(m) != _identity(manifest)]
     if different and not overwrite:
-        changed = _config_diff(different[0].get("config", {}), config) or ["generator/seed"]
+        changed = _config_diff(different[0].get("config", {}), config)
+        if different[0].get("shard_size") != shard_size:
+            changed.append(f"--shard-size (was {different[0].get('shard_size')})")
+        changed = changed or ["generator/seed"]
         raise DatasetError(
             f"{out} holds a different dataset (differs in: {', '.join(changed)}); "
             "pass --overwrite to replace it or choose another --out"
@@ -191,7 +197,6 @@ def build(
     remove_stale_temporaries(out, {s.name for s in mine} | {manifest_path.name})
     records = _verified_records(out, existing)
     todo = [s for s in mine if s.name not in records]
-    manifest["shard_size"] = shard_size
     if world_size > 1:
         manifest["rank"], manifest["world_size"] = rank, world_size
 
