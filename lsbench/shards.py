@@ -264,6 +264,11 @@ def split_entry(
     }
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with _atomic(Path(path), "wb") as f:
+        f.write(data)
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     with _atomic(Path(path), "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)

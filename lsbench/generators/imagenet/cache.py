@@ -3,24 +3,22 @@
 One ``.npz`` per (photo bytes, stage settings): ``<cache>/<key[:2]>/<key>.npz`` holding the
 outcome as JSON (accepted: boxes, scores, backends; rejected: stage, reason, scores) and, when
 accepted, the inpainted background and the object's RGB and alpha as PNG.  Entries are written
-to a temporary name and renamed; an unreadable entry counts as a miss and is recomputed.
+atomically (temporary name, fsync, rename; a full disk is one line); an unreadable entry counts
+as a miss and is recomputed.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import DiskFullError
-from ...shards import decode_image, encode_png
+from ...shards import decode_image, encode_png, write_bytes_atomic
 from .compose import Cutout
 
 
@@ -88,12 +86,4 @@ class StageCache:
         payload = {k: np.frombuffer(json.dumps(v).encode() if k == "meta" else v, np.uint8) for k, v in arrays.items()}
         buf = io.BytesIO()
         np.savez(buf, **payload)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_bytes(buf.getvalue())
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"disk full while writing the stage cache {self.root}: free space and rerun") from e
-            raise
+        write_bytes_atomic(path, buf.getvalue())

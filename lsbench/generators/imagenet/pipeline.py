@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import ConfigError, DataError
-from ...shards import MANIFEST, ShardSpec, encode_png, read_manifest, write_json_atomic
+from ...shards import MANIFEST, ShardSpec, encode_png, read_manifest, write_bytes_atomic, write_json_atomic
 from ..runner import BuildResult, Progress, SplitPlan, build, split_code
 from . import compose
 from .cache import Outcome, Prepared, Rejection, StageCache, cache_key
@@ -510,9 +510,7 @@ def summarize_rejections(out: Path) -> dict[str, Any]:
     for s in summary.values():  # yield = accepted candidates / all candidates tried
         tried = s["accepted"] + sum(s["rejected"].values())
         s["yield"] = round(s["accepted"] / tried, 4) if tried else None
-    tmp = out / f".{REJECTIONS}.tmp"
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, out / REJECTIONS)
+    write_bytes_atomic(out / REJECTIONS, "".join(line + "\n" for line in lines).encode())
     return summary
 
 
