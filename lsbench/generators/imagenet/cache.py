@@ -41,6 +41,17 @@ class Rejection:
 Outcome = Prepared | Rejection
 
 
+def file_fingerprint(path: str | Path) -> tuple:
+    """What identifies a checkpoint's content cheaply: its resolved path with the size and mtime of
+    the file, or of every file in the folder (a transformers checkpoint is a folder: overwriting a
+    file in it changes no folder metadata).  Hashable; keys both the stage cache and the model cache."""
+    root = Path(path).resolve()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return str(root), tuple(
+        (str(p.relative_to(root)) if p != root else "", p.stat().st_size, p.stat().st_mtime_ns) for p in files
+    )
+
+
 def cache_key(photo_bytes: bytes, settings: dict[str, Any]) -> str:
     h = hashlib.sha256(photo_bytes)
     h.update(json.dumps(settings, sort_keys=True).encode())

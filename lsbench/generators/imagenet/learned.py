@@ -1,7 +1,7 @@
 """The learned backends: GroundingDINO (detect), SAM (segment) and LaMa (inpaint), from local checkpoints.
 
 Nothing is downloaded: every model loads from a local path, once per process (a module-level cache
-keyed by the checkpoint file, its size and mtime, and the device), and runs batched on the device.
+keyed by the checkpoint's files with their sizes and mtimes, and the device), and runs batched on the device.
 
 =========  ==================================================  =============================================
 backend    checkpoint (option)                                 implementation
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError, LsbenchError
+from .cache import file_fingerprint
 from .stages import Box, Detection, Segmentation
 
 T = TypeVar("T")
@@ -201,14 +202,6 @@ def _local_path(options: dict[str, Any], key: str, what: str, hint: str) -> Path
     return path
 
 
-def _file_key(path: Path) -> tuple:
-    """What identifies a checkpoint's content cheaply: resolved path, size and mtime (newest file of a folder)."""
-    path = path.resolve()
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return (str(path), tuple(stats))
-
-
 def _cached(key: tuple, build: Callable[[], T]) -> T:
     """The model under ``key``, built once per process."""
     with _LOCK:
@@ -311,7 +304,7 @@ class GroundingDinoDetector:
         box_threshold = _threshold(options, "box_threshold", BOX_THRESHOLD)
         text_threshold = _threshold(options, "text_threshold", TEXT_THRESHOLD)
         _require("transformers", "gdino")
-        key = ("gdino", _file_key(path), _file_key(text_path) if text_path else None, str(device))
+        key = ("gdino", file_fingerprint(path), file_fingerprint(text_path) if text_path else None, str(device))
         model, processor = _cached(key, lambda: _load_gdino(path, text_path, device))
         return cls(
             model,
@@ -559,7 +552,7 @@ class SamSegmenter:
             raise ConfigError(f"SAM checkpoint {path} is a folder: pass --sam-checkpoint with {_sam_hint(sam_type)}")
         device, batch_size = _device(options), _batch_size(options)
         _require("segment_anything", "sam")
-        model, found = _cached(("sam", _file_key(path), str(device)), lambda: _load_sam(path, device))
+        model, found = _cached(("sam", file_fingerprint(path), str(device)), lambda: _load_sam(path, device))
         if sam_type is not None and found != sam_type:
             raise ConfigError(
                 f"SAM checkpoint {path} holds a {found} model, not {sam_type}: pass --sam-type {found} "
@@ -670,7 +663,7 @@ class LamaInpainter:
         if path.is_dir():
             raise ConfigError(f"LaMa checkpoint {path} is a folder: pass --lama-checkpoint with {LAMA_HINT}")
         device, batch_size = _device(options), _batch_size(options)
-        model = _cached(("lama", _file_key(path), str(device)), lambda: _load_lama(path, device))
+        model = _cached(("lama", file_fingerprint(path), str(device)), lambda: _load_lama(path, device))
         return cls(model, device, batch_size=batch_size, backend=f"lama:torchscript:{path.name}")
 
     def inpaint(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -34,7 +34,7 @@ from ...errors import ConfigError, DataError
 from ...shards import MANIFEST, ShardSpec, encode_png, read_manifest, write_bytes_atomic, write_json_atomic
 from ..runner import BuildResult, Progress, SplitPlan, build, split_code
 from . import compose
-from .cache import Outcome, Prepared, Rejection, StageCache, cache_key
+from .cache import Outcome, Prepared, Rejection, StageCache, cache_key, file_fingerprint
 from .sources import (
     PhotoError,
     SourcePhoto,
@@ -124,22 +124,13 @@ class ImagenetConfig:
         ckpts = {}
         for name in (self.detector, self.segmenter, self.inpainter):
             if name in CHECKPOINT_OPTIONS:
-                ckpts[name] = _fingerprint(getattr(self, CHECKPOINT_OPTIONS[name][0]))
+                ckpts[name] = file_fingerprint(getattr(self, CHECKPOINT_OPTIONS[name][0]))
         if self.detector == "gdino" and self.text_encoder:  # the tokenizer shapes the detections too
-            ckpts["text_encoder"] = _fingerprint(self.text_encoder)
+            ckpts["text_encoder"] = file_fingerprint(self.text_encoder)
         keys = ("detector", "segmenter", "inpainter", "gdino_config", "text_encoder", "sam_type", "box_threshold",
                 "text_threshold", "prior_fraction", "min_mask", "max_mask", "min_in_box", "dilate", "max_side")
         half = self.fp16 and self.device.startswith("cuda") and {self.detector, self.segmenter} & {"gdino", "sam"}
         return {k: getattr(self, k) for k in keys} | {"checkpoints": ckpts, "half": bool(half), "v": 1}
-
-
-def _fingerprint(path: str) -> list:
-    """A checkpoint's resolved path with the size and mtime of its file, or of every file in its folder
-    (a transformers checkpoint is a folder: overwriting a file in it changes no folder metadata)."""
-    root = Path(path).resolve()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return [str(root), [[str(p.relative_to(root)) if p != root else "", p.stat().st_size, p.stat().st_mtime_ns]
-                        for p in files]]
 
 
 def check_config(cfg: ImagenetConfig) -> None:
