@@ -40,7 +40,7 @@ from PIL import Image
 from ..errors import ConfigError
 from ..shards import ShardSpec, encode_png
 from . import mnist_idx
-from .runner import BuildResult, Progress, SplitPlan, build, split_code
+from .runner import BuildResult, Progress, SplitPlan, build, split_rng
 
 DIGIT_PX = 28
 TILE_PX = 70
@@ -132,10 +132,6 @@ def check_config(cfg: MnistConfig) -> None:
             f"{cfg.digits} digits at scale {top} ({_frame_px(top, 'reading')} px each) do not fit in "
             f"{cfg.size}×{cfg.size} px without overlapping; lower the max scale or raise --size"
         )
-
-
-def _group_rng(seed: int, split: str, group: int) -> np.random.Generator:
-    return np.random.default_rng([seed, split_code(split), group])
 
 
 @functools.lru_cache(maxsize=4)
@@ -232,7 +228,7 @@ def make_group(cfg: MnistConfig, split: str, group: int) -> list[dict[str, Any]]
     """All samples of one group (1 for train, ``1 + variants`` for test splits)."""
     source_split, lo, hi, grouped = _split_setup(cfg, split)
     src = _source(source_split, cfg.mnist_dir)
-    rng = _group_rng(cfg.seed, split, group)
+    rng = split_rng(cfg.seed, split, group)
     k = cfg.digits
     indices = rng.integers(0, len(src.labels), size=k)
     if cfg.layout == "reading":

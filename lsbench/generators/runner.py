@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError, DatasetError, Interrupted
 from ..shards import (
     MANIFEST,
@@ -67,9 +69,10 @@ class BuildResult:
     world_size: int = 1
 
 
-def split_code(split: str) -> int:
-    """A stable integer for a split name: generators seed their streams with (seed, split_code, ...)."""
-    return zlib.crc32(split.encode())
+def split_rng(seed: int, split: str, *keys: int) -> np.random.Generator:
+    """The random stream of ``(seed, split, *keys)`` (e.g. a group's): what a sample draws never
+    depends on which worker or rank makes it.  ``split`` may name any stream ("objects", ...)."""
+    return np.random.default_rng([seed, zlib.crc32(split.encode()), *keys])
 
 
 def distributed_rank(env: dict[str, str] | None = None) -> tuple[int, int]:

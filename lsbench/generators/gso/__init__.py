@@ -31,7 +31,7 @@ import numpy as np
 
 from ...errors import ConfigError, DataError
 from ...shards import ShardSpec, encode_png, plan_shards
-from ..runner import BuildResult, Progress, SplitPlan, build, split_code
+from ..runner import BuildResult, Progress, SplitPlan, build, split_rng
 from . import assets as gso_assets
 from . import scene as gso_scene
 from .assets import HdriAsset, ObjectAsset
@@ -150,10 +150,6 @@ def check_options(cfg: GsoConfig, shard_size: int) -> None:
         raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
 
 
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng([seed, *keys])
-
-
 def choose_objects(available: list[ObjectAsset], count: int | None, seed: int) -> list[ObjectAsset]:
     """``count`` objects drawn (seeded) from ``available``, sorted by id (class id = position + 1).
     ``None``: 100, or all when fewer are available."""
@@ -165,7 +161,7 @@ def choose_objects(available: list[ObjectAsset], count: int | None, seed: int) -
         raise ConfigError(f"--objects must be at most {MAX_CLASSES} (masks hold uint8 class ids), got {count}")
     if count > len(available):
         raise DataError(f"--objects {count} asks for more objects than the {len(available)} found; lower --objects")
-    picked = _rng(seed, split_code("objects")).choice(len(available), size=count, replace=False)
+    picked = split_rng(seed, "objects").choice(len(available), size=count, replace=False)
     return sorted((available[i] for i in picked), key=lambda o: o.id)
 
 
@@ -173,7 +169,7 @@ def split_hdris(hdris: list[HdriAsset], seed: int) -> tuple[list[HdriAsset], lis
     """(train, test): disjoint, a quarter (at least one) for test, seeded."""
     if len(hdris) < 2:
         raise DataError(f"need at least 2 HDRIs (train and test use disjoint ones), found {len(hdris)}")
-    order = _rng(seed, split_code("hdris")).permutation(len(hdris))
+    order = split_rng(seed, "hdris").permutation(len(hdris))
     n_test = max(1, round(len(hdris) * TEST_HDRI_FRAC))
     test = sorted((hdris[i] for i in order[:n_test]), key=lambda h: h.id)
     train = sorted((hdris[i] for i in order[n_test:]), key=lambda h: h.id)
@@ -192,7 +188,7 @@ def make_group(cfg: GsoConfig, split: str, group: int) -> list[dict[str, Any]]:
     r = renderer(cfg.render_settings)
     need = _min_visible(cfg.size)
     for attempt in range(MAX_ATTEMPTS):
-        rng = _rng(cfg.seed, split_code(split), group, attempt)
+        rng = split_rng(cfg.seed, split, group, attempt)
         try:
             scn = gso_scene.sample_group(
                 rng, num_objects=len(cfg.objects), num_hdris=len(hdris), size=cfg.size,

@@ -32,7 +32,7 @@ from PIL import Image
 
 from ...errors import ConfigError, DataError
 from ...shards import MANIFEST, ShardSpec, encode_png, read_manifest, write_bytes_atomic, write_json_atomic
-from ..runner import BuildResult, Progress, SplitPlan, build, split_code
+from ..runner import BuildResult, Progress, SplitPlan, build, split_rng
 from . import compose
 from .cache import Outcome, Prepared, Rejection, StageCache, cache_key, file_fingerprint
 from .sources import (
@@ -358,13 +358,13 @@ class Assignment:
         labels = sorted(sources.by_label)
         if not labels:
             raise DataError(f"no source photos for the {split} split")
-        rng = np.random.default_rng([seed, split_code(split), 0])
+        rng = split_rng(seed, split, 0)
         self.classes = [labels[i] for i in rng.permutation(len(labels))]
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one Assignment per split per process
     def order(self, label: int) -> tuple[SourcePhoto, ...]:
         photos = self.sources.by_label[label]
-        perm = np.random.default_rng([self.seed, split_code(self.split), 1, label]).permutation(len(photos))
+        perm = split_rng(self.seed, self.split, 1, label).permutation(len(photos))
         return tuple(photos[i] for i in perm)
 
     def candidates(self, group: int) -> Iterator[SourcePhoto]:
@@ -399,7 +399,7 @@ def compose_group(cfg: ImagenetConfig, split: str, group: int, photo: SourcePhot
     if grouped:
         scales = list(cfg.scales)
     else:
-        rng = np.random.default_rng([cfg.seed, split_code(split), 2, group])
+        rng = split_rng(cfg.seed, split, 2, group)
         scales = [round(float(rng.uniform(*cfg.scale_range)), 6)]
     cut = prepared.cutout
     anchor = compose.anchor_point(cut.box, cfg.anchor)
