@@ -35,6 +35,7 @@ from ...shards import MANIFEST, ShardSpec, encode_png, read_manifest, write_byte
 from ..runner import BuildResult, Progress, SplitPlan, build, split_rng
 from . import compose
 from .cache import Outcome, Prepared, Rejection, StageCache, cache_key, file_fingerprint
+from .classical import _cv2
 from .sources import (
     PhotoError,
     SourcePhoto,
@@ -220,8 +221,7 @@ def stages_for(cfg: ImagenetConfig) -> Stages:
 def _dilate(mask: np.ndarray, px: int) -> np.ndarray:
     if px <= 0:
         return mask
-    import cv2
-
+    cv2 = _cv2()  # one line naming the extra if OpenCV is missing, also with the learned backends
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
     return cv2.dilate(mask.astype(np.uint8), kernel) > 0
 
