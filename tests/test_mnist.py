@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import re
@@ -32,7 +33,7 @@ from conftest import (
 from lsbench import shards
 from lsbench.errors import ConfigError, DataError, DatasetError, DiskFullError, LsbenchError
 from lsbench.generators import mnist, mnist_idx
-from lsbench.generators.runner import distributed_rank, merge_manifests
+from lsbench.generators.runner import SplitPlan, build, distributed_rank, merge_manifests
 
 # --------------------------------------------------------------------------- B. reading idx files
 
@@ -476,6 +477,34 @@ def test_other_shard_size_is_refused_not_mixed(tmp_path):
     assert shard_files(out) == before and shards.validate(out) == []
     generate_tiny(out, shard_size=5, overwrite=True)
     assert shards.validate(out) == []
+
+
+def _shard_failing_with_config_error(spec, good_shards=0):
+    if spec.start // spec.count >= good_shards:
+        raise ConfigError("the model checkpoint does not load")
+    for i in range(spec.start, spec.start + spec.count):
+        yield {"__key__": f"{i:07d}_00", "png": shards.encode_png(np.zeros((4, 4), np.uint8)),
+               "json": {"group": i, "variant": 0, "reference": False, "split": spec.split}}
+
+
+def test_config_error_during_work_leaves_no_half_made_dataset(tmp_path):
+    """A setting that only fails once shards are being made (a lazily loaded model) removes what the
+    run created in a new or empty folder, so the corrected command starts afresh; an existing dataset
+    and its finished shards are kept."""
+    kwargs = dict(name="x", generator="x", config={}, seed=0, splits=[SplitPlan("train", 4)], shard_size=2,
+                  make_shard=_shard_failing_with_config_error, rank=0, world_size=1)
+    with pytest.raises(ConfigError):
+        build(tmp_path / "new", **kwargs)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError):
+        build(tmp_path / "empty", **kwargs)
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+    kwargs["make_shard"] = functools.partial(_shard_failing_with_config_error, good_shards=1)
+    with pytest.raises(ConfigError):  # the first shard is finished, then the error: keep it to resume
+        build(tmp_path / "partial", **kwargs)
+    assert list(shard_files(tmp_path / "partial")) == ["train-000000.tar"]
+    assert (tmp_path / "partial" / "manifest.json").is_file()
 
 
 def test_overwrite_removes_shards_the_new_plan_does_not_have(tmp_path):

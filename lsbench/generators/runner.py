@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import zlib
 from collections.abc import Callable, Iterable
@@ -161,6 +162,8 @@ def build(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out} exists and is not a folder")
+    existed = out.exists()
+    fresh = not existed or not any(out.iterdir())
     out.mkdir(parents=True, exist_ok=True)
 
     existing: list[dict[str, Any]] = []
@@ -240,6 +243,14 @@ def build(
         raise Interrupted(
             f"interrupted: {len(records)} finished shards are kept in {out}; rerun the same command to resume"
         ) from None
+    except ConfigError:
+        # A setting that only fails once work starts (a model that loads lazily, at the first shard)
+        # leaves nothing behind in a folder this run created: the corrected command then starts
+        # afresh instead of meeting a "different dataset".  Not with several ranks sharing the folder.
+        if fresh and world_size == 1 and not records:
+            for child in list(out.iterdir()) if existed else [out]:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
     complete = manifest["complete"] and world_size == 1  # a rank's part needs merge-manifests
     return BuildResult(out, manifest_path, len(todo), reused, total, complete, world_size)
 

@@ -570,22 +570,13 @@ def generate(
     if overwrite:
         shutil.rmtree(out / REJECTION_DIR, ignore_errors=True)
         (out / REJECTIONS).unlink(missing_ok=True)
-    existed = out.is_dir()
-    fresh = not existed or not any(out.iterdir())
-    try:
-        result = build(
-            out, name="imagenet-ls" if not demo else "imagenet-ls-demo", generator="imagenet", config=identity,
-            seed=cfg.seed, splits=splits, shard_size=shard_size, make_shard=functools.partial(make_shard, cfg),
-            workers=workers, overwrite=overwrite, progress=progress,
-        )
-    except ConfigError:
-        # A backend that fails to load (models load lazily, at the first photo not in the cache) leaves
-        # nothing behind in a new folder: the corrected command starts afresh instead of finding a
-        # "different dataset" (the checkpoint paths are part of its identity).
-        if fresh and out.is_dir() and not any(out.glob("*.tar")):
-            for child in list(out.iterdir()) if existed else [out]:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-        raise
+    # Models load lazily, at the first photo not in the cache; a checkpoint that fails to load then
+    # is a ConfigError, after which build() leaves nothing behind in a folder this run created.
+    result = build(
+        out, name="imagenet-ls" if not demo else "imagenet-ls-demo", generator="imagenet", config=identity,
+        seed=cfg.seed, splits=splits, shard_size=shard_size, make_shard=functools.partial(make_shard, cfg),
+        workers=workers, overwrite=overwrite, progress=progress,
+    )
     if result.complete:
         summary = summarize_rejections(out)
         manifest = read_manifest(out)
