@@ -27,3 +27,7 @@ class DiskFullError(LsbenchError):
 
 class Interrupted(LsbenchError):
     """Stopped by Ctrl-C/SIGTERM; finished shards are kept and a rerun resumes."""
+
+
+class UnknownSplitError(DatasetError, ConfigError):
+    """A split the dataset does not have: a wrong option (``--split``) as much as a dataset mismatch."""

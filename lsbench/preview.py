@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .dataset import open_dataset, read_split
 from .errors import DatasetError
-from .shards import read_manifest, read_split
 
 BOX_COLOURS = ((230, 60, 60), (60, 200, 90), (70, 130, 240), (240, 190, 40), (200, 80, 220))
 
@@ -43,12 +43,12 @@ def _tile(sample: dict, width: int, font) -> Image.Image:
 
 def contact_sheet(directory: Path, out: Path, *, split: str | None = None, n: int = 16, width: int = 160) -> Path:
     """Write a PNG grid of the first ``n`` samples of ``split`` (default: test, else the first)."""
-    manifest = read_manifest(directory)
+    dataset = open_dataset(directory)
     if split is None:
-        split = "test" if "test" in manifest["splits"] else next(iter(sorted(manifest["splits"])), None)
+        split = "test" if "test" in dataset.splits else next(iter(sorted(dataset.splits)), None)
     if n < 1:
         raise DatasetError(f"-n must be at least 1, got {n}")
-    samples = list(islice(read_split(directory, split), n)) if split else []
+    samples = list(islice(read_split(dataset, split), n)) if split else []
     if not samples:
         raise DatasetError(f"{directory}: split {split!r} has no samples to preview")
     font = ImageFont.load_default(size=11)

@@ -1,9 +1,4 @@
-"""The dataset contract: sample schema, shard writer and reader, manifest, validation.
-
-A dataset is a folder::
-
-    DIR/manifest.json           name, lsbench version, generator config, seed, per-split shard list
-    DIR/{split}-{000000}.tar    WebDataset shards
+"""The bytes of a dataset: sample schema, deterministic shard writer and reader, sample checks.
 
 A sample is a dict with ``__key__`` (no dots), one image (``png`` or ``jpg``, encoded bytes),
 ``json`` (metadata, a dict) and optionally ``cls`` (int) and ``mask.png`` (encoded uint8 ids).
@@ -13,40 +8,33 @@ group is the reference.
 
 Shards are written deterministically (fixed member order, mtime, owner and mode), to a
 temporary name first and renamed when complete, so a folder never holds a half-written shard.
+The folder around the shards — manifest, the dataset handle, validation — is :mod:`lsbench.dataset`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import io
 import json
-import os
 import re
 import struct
 import tarfile
-import time
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import DatasetError, DiskFullError
+from .errors import DatasetError
+from .util import TMP_MARK, atomic_open
 
-FORMAT = "lsbench-dataset"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 IMAGE_KEYS = ("png", "jpg")
 OPTIONAL_KEYS = ("cls", "mask.png")
 REQUIRED_META = {"group": int, "variant": int, "reference": bool}
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
 SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")
-TMP_MARK = ".tmp-"
 
 
 def shard_name(split: str, index: int) -> str:
@@ -119,33 +107,6 @@ def encode_sample(sample: dict[str, Any]) -> dict[str, bytes | str]:
     return out
 
 
-@contextlib.contextmanager
-def _atomic(path: Path, mode: str):
-    """Write through a temporary sibling of ``path``, fsync it and rename it into place.
-
-    On any error the temporary file is removed, so ``path`` is either complete or absent; a full
-    disk becomes :class:`DiskFullError`.
-    """
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(
-                f"disk full while writing {path}: free some space and rerun the same command; "
-                "finished shards are kept and it resumes"
-            ) from e
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 _BLOCK = 512
 _RECORD = 20 * _BLOCK
 
@@ -187,7 +148,7 @@ def write_shard(path: Path, samples: Iterable[dict[str, Any]]) -> ShardRecord:
     count = 0
     sha = hashlib.sha256()
     size = 0
-    with _atomic(Path(path), "wb") as f:
+    with atomic_open(Path(path), "wb") as f:
         for sample in samples:
             encoded = encode_sample(sample)
             key = encoded.pop("__key__")
@@ -210,14 +171,6 @@ def write_shard(path: Path, samples: Iterable[dict[str, Any]]) -> ShardRecord:
     return ShardRecord(Path(path).name, count, sha.hexdigest(), size)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def remove_stale_temporaries(directory: Path, names: set[str] | None = None) -> list[Path]:
     """Delete temporary files left by a killed run (only those of shard ``names`` if given)."""
     stale = [
@@ -230,89 +183,7 @@ def remove_stale_temporaries(directory: Path, names: set[str] | None = None) -> 
     return stale
 
 
-# --------------------------------------------------------------------------- manifest
-
-
-def new_manifest(name: str, generator: str, config: dict[str, Any], seed: int) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "generator": generator,
-        "lsbench_version": __version__,
-        "seed": seed,
-        "config": config,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "complete": False,
-        "splits": {},
-    }
-
-
-def split_entry(
-    num_samples: int, group_size: int, grouped: bool, shards: list[ShardSpec], records: dict[str, ShardRecord]
-) -> dict[str, Any]:
-    """Manifest entry for one split: plan plus the records of the shards finished so far."""
-    listed = [asdict(records[s.name]) for s in shards if s.name in records]
-    return {
-        "num_samples": num_samples,
-        "group_size": group_size,
-        "num_groups": num_samples // group_size,
-        "grouped": grouped,
-        "num_shards": len(shards),
-        "shards": listed,
-        "bytes": sum(r["bytes"] for r in listed),
-    }
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with _atomic(Path(path), "wb") as f:
-        f.write(data)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    with _atomic(Path(path), "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-
-
-def read_manifest(directory: Path, name: str = MANIFEST) -> dict[str, Any]:
-    """Load and sanity-check a manifest; :class:`DatasetError` with what to do otherwise."""
-    directory = Path(directory)
-    path = directory / name
-    if not directory.is_dir():
-        raise DatasetError(f"{directory} does not exist or is not a folder")
-    if not path.is_file():
-        raise DatasetError(f"{directory} has no {name}: not an lsbench dataset (make one with `lsbench generate`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON ({e}); regenerate the dataset") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DatasetError(f"{path} is not an lsbench dataset manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(
-            f"{path} has format version {manifest.get('format_version')}, this lsbench reads {FORMAT_VERSION}"
-        )
-    if not isinstance(manifest.get("splits"), dict):
-        raise DatasetError(f"{path} has no 'splits' table")
-    return manifest
-
-
-def manifest_sha256(directory: Path) -> str:
-    """Hash identifying a dataset (results and leaderboards refer to it)."""
-    return sha256_file(Path(directory) / MANIFEST)
-
-
 # --------------------------------------------------------------------------- reading
-
-
-def shard_paths(directory: Path, split: str) -> list[Path]:
-    """Shard files of ``split`` in order, as listed by the manifest."""
-    manifest = read_manifest(directory)
-    if split not in manifest["splits"]:
-        have = ", ".join(sorted(manifest["splits"])) or "none"
-        raise DatasetError(f"{directory} has no split {split!r} (it has: {have})")
-    return [Path(directory) / s["name"] for s in manifest["splits"][split]["shards"]]
 
 
 def encode_png(image: np.ndarray, level: int = 1) -> bytes:
@@ -395,32 +266,6 @@ def to_torch(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def webdataset(directory: Path, split: str, *, decode: str = "numpy", **kwargs):
-    """A ``webdataset.WebDataset`` pipeline over one split, split by node and by worker.
-
-    Shards are assigned to ranks (``split_by_node``) and to DataLoader workers
-    (``split_by_worker``) without overlap, in manifest order; groups never straddle shards, so
-    per-group metrics stay streaming.  ``decode="numpy"`` yields :func:`decode_sample` dicts,
-    ``"torch"`` tensors (:func:`to_torch`), ``"raw"`` the stored bytes.  Extra ``kwargs`` go to
-    ``WebDataset`` (e.g. ``shardshuffle``).
-    """
-    import webdataset as wds
-
-    urls = [str(p) for p in shard_paths(directory, split)]
-    kwargs.setdefault("shardshuffle", False)
-    kwargs.setdefault("nodesplitter", wds.split_by_node)
-    kwargs.setdefault("workersplitter", wds.split_by_worker)
-    kwargs.setdefault("empty_check", False)
-    ds = wds.WebDataset(urls, **kwargs)
-    if decode == "raw":
-        return ds
-    if decode == "numpy":
-        return ds.map(decode_sample)
-    if decode == "torch":
-        return ds.map(decode_sample).map(to_torch)
-    raise ValueError(f"decode must be 'numpy', 'torch' or 'raw', got {decode!r}")
-
-
 def iter_tar(path: Path) -> Iterator[dict[str, Any]]:
     """Read a shard without webdataset: yields raw samples (field → bytes) in file order."""
     current: dict[str, Any] | None = None
@@ -442,21 +287,10 @@ def iter_tar(path: Path) -> Iterator[dict[str, Any]]:
         yield current
 
 
-def read_split(directory: Path, split: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Decoded samples of ``split`` in order (single process; for tools and tests)."""
-    n = 0
-    for path in shard_paths(directory, split):
-        for sample in iter_tar(path):
-            if limit is not None and n >= limit:
-                return
-            yield decode_sample(sample)
-            n += 1
+# --------------------------------------------------------------------------- checks
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _check_sample(
+def check_sample(
     raw: dict[str, Any], where: str, check_images: bool = True
 ) -> tuple[list[str], dict[str, Any] | None]:
     problems: list[str] = []
@@ -498,7 +332,7 @@ def _check_sample(
     return problems, meta
 
 
-def _check_groups(split: str, entry: dict[str, Any], metas: list[tuple[str, dict[str, Any]]]) -> list[str]:
+def check_groups(split: str, entry: dict[str, Any], metas: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """Groups: consecutive, sized as declared, exactly one reference each in grouped splits."""
     problems: list[str] = []
     size = entry.get("group_size", 1)
@@ -524,93 +358,3 @@ def _check_groups(split: str, entry: dict[str, Any], metas: list[tuple[str, dict
             problems.append(f"{split}: group {group} has {refs} reference samples, needs exactly 1")
         i = j
     return problems
-
-
-def validate(directory: Path, *, check_images: bool = True) -> list[str]:
-    """Check a dataset folder against the contract; returns every problem found (empty = valid).
-
-    Checks the manifest, that every listed shard exists with the listed size and sha256, that
-    each shard's samples follow the schema (and images decode, unless ``check_images=False``),
-    that counts match the manifest, that groups are consecutive with one reference each, and
-    that no stray or unlisted shard or temporary file is present.
-    """
-    directory = Path(directory)
-    try:
-        manifest = read_manifest(directory)
-    except DatasetError as e:
-        return [str(e)]
-    problems: list[str] = []
-    if not manifest.get("complete", False):
-        problems.append("manifest says the dataset is incomplete: rerun the generate command to finish it")
-    listed: set[str] = set()
-    for split, entry in sorted(manifest["splits"].items()):
-        shards = entry.get("shards", [])
-        if len(shards) != entry.get("num_shards"):
-            problems.append(f"{split}: {len(shards)} shards listed, {entry.get('num_shards')} planned")
-        counted = 0
-        metas: list[tuple[str, dict[str, Any]]] = []
-        keys: set[str] = set()
-        for rec in shards:
-            name = rec.get("name", "?")
-            listed.add(name)
-            path = directory / name
-            if not path.is_file():
-                problems.append(f"{split}: shard {name} is missing")
-                continue
-            if path.stat().st_size != rec.get("bytes"):
-                problems.append(f"{split}: {name} has {path.stat().st_size} bytes, manifest says {rec.get('bytes')}")
-            if sha256_file(path) != rec.get("sha256"):
-                problems.append(f"{split}: {name} sha256 does not match the manifest (corrupt or modified)")
-            n = 0
-            try:
-                for raw in iter_tar(path):
-                    n += 1
-                    where = f"{name}:{raw['__key__']}"
-                    if raw["__key__"] in keys:
-                        problems.append(f"{where}: duplicate key")
-                    keys.add(raw["__key__"])
-                    found, meta = _check_sample(raw, where, check_images)
-                    problems.extend(found)
-                    if meta is not None:
-                        metas.append((name, meta))
-            except (tarfile.TarError, OSError, EOFError) as e:
-                problems.append(f"{split}: {name} is not a readable tar ({e})")
-            if n != rec.get("num_samples"):
-                problems.append(f"{split}: {name} holds {n} samples, manifest says {rec.get('num_samples')}")
-            counted += n
-        if counted != entry.get("num_samples"):
-            problems.append(f"{split}: {counted} samples found, manifest says {entry.get('num_samples')}")
-        if len(metas) == counted:
-            problems.extend(_check_groups(split, entry, metas))
-    for path in sorted(directory.iterdir()):
-        if SHARD_RE.match(path.name) and path.name not in listed:
-            problems.append(f"{path.name} is not listed in the manifest")
-        elif TMP_MARK in path.name:
-            problems.append(f"{path.name} is a leftover temporary file from an interrupted run")
-    return problems
-
-
-def summarize(directory: Path) -> dict[str, Any]:
-    """What ``lsbench info`` shows: name, generator, config and per-split counts and sizes."""
-    manifest = read_manifest(directory)
-    splits = {
-        split: {
-            "samples": entry["num_samples"],
-            "groups": entry["num_groups"],
-            "group_size": entry["group_size"],
-            "shards": f"{len(entry['shards'])}/{entry['num_shards']}",
-            "bytes": entry.get("bytes", 0),
-        }
-        for split, entry in manifest["splits"].items()
-    }
-    return {
-        "name": manifest.get("name"),
-        "generator": manifest.get("generator"),
-        "lsbench_version": manifest.get("lsbench_version"),
-        "created": manifest.get("created"),
-        "complete": manifest.get("complete", False),
-        "seed": manifest.get("seed"),
-        "config": manifest.get("config", {}),
-        "splits": splits,
-        "manifest_sha256": manifest_sha256(directory),
-    }

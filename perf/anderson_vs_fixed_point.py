@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from lsbench import __version__, monotone
 from lsbench.dec_models.deq import SolverStats, anderson, fixed_point_iter
-from lsbench.generators import mnist_idx
+from lsbench.generators.mnist import idx as mnist_idx
 
 RESULTS = Path(__file__).resolve().parent / "results" / "anderson_vs_fixed_point.json"
 GOAL = 0.5

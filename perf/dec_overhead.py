@@ -22,7 +22,7 @@ Two measurements, in one run on this machine:
    timed for ``--profile-archs``
    by wrapping those functions with timers (plus torch.profiler's top operators).
 
-2. **Training-step memory** — one forward + backward (``method_loss``) at batch 10, 224² for
+2. **Training-step memory** — one forward + backward (the method's registered loss) at batch 10, 224² for
    ``{arch}_base``, ``{arch}_dec`` and an Optim-canonicalized ``{arch}_base`` (the same layers DEC
    adapts, :class:`~lsbench.dec_models.canonicalizer.Optim` with ``--optim-steps`` unrolled steps,
    training mode so its graph is kept).  Each in a fresh subprocess: on CPU the peak resident set
@@ -58,9 +58,8 @@ import torch
 from lsbench import __version__
 from lsbench import monotone as M
 from lsbench.dec_models import canonicalizer as C
-from lsbench.dec_models.baselines import method_loss
 from lsbench.dec_models.latent import adapted_layers, canonicalize_layers
-from lsbench.dec_models.registry import ARCHS, LSModel, create_model
+from lsbench.dec_models.registry import ARCHS, LSModel, create_model, get_method
 
 PAPER = {
     "forward_dec_share": 0.24,
@@ -305,6 +304,7 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
         .train()
         .to(device)
     )
+    method_loss = get_method(model.config.method).loss
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(spec["batch"], 3, spec["img_size"], spec["img_size"], generator=gen).to(device)
     y = torch.randint(0, NUM_CLASSES, (spec["batch"],), generator=gen).to(device)

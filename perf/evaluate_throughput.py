@@ -20,17 +20,21 @@ import json
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from lsbench import __version__
-from lsbench.benchmark.data import DatasetInfo, loader
+from lsbench.benchmark.configs import EvaluateConfig
+from lsbench.benchmark.data import loader
 from lsbench.benchmark.evaluate import evaluate
 from lsbench.benchmark.metrics import Metrics
+from lsbench.dataset import open_dataset
 from lsbench.dec_models import checkpoint
 from lsbench.dec_models.registry import create_model
 from lsbench.generators import mnist
+from lsbench.generators.runner import RunOptions
 
 
 def main() -> None:
@@ -48,20 +52,21 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="lsbench-perf-") as tmp:
         data = Path(tmp) / "mnist-ls"
-        mnist.generate(data, train=5, test=args.n, shard_size=250, workers=2)
-        info = DatasetInfo.read(data)
+        mnist.generate(mnist.MnistConfig(train=5, test=args.n), data, RunOptions(shard_size=250, workers=2))
+        info = open_dataset(data)
         model = create_model(args.model, info.num_classes, size=args.size, img_size=224)
         ckpt = checkpoint.save(Path(tmp) / "model.pt", model)
         model = model.to(device).eval()
 
         # Harness, end to end (first a short warm-up so both sides run warm).
-        evaluate(args.model, data, checkpoint=ckpt, batch_size=args.batch, workers=args.workers, limit=args.batch)
-        result, _ = evaluate(args.model, data, checkpoint=ckpt, batch_size=args.batch, workers=args.workers)
+        cfg = EvaluateConfig(args.model, data, checkpoint=ckpt, batch_size=args.batch, workers=args.workers)
+        evaluate(replace(cfg, limit=args.batch))
+        result, _ = evaluate(cfg)
         harness_rate = result["efficiency"]["images_per_s"]
 
         # Decoding alone, and the decoded batches kept for the raw loop.
         t0 = time.perf_counter()
-        batches = [(x, y, m) for x, y, m in loader(data, "test", size=224, task="cls", batch_size=args.batch,
+        batches = [(x, y, m) for x, y, m in loader(info, "test", size=224, batch_size=args.batch,
                                                    train=False, workers=args.workers)]
         decode_s = time.perf_counter() - t0
         n = sum(len(x) for x, _, _ in batches)

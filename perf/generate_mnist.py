@@ -29,7 +29,9 @@ import numpy as np
 from PIL import Image
 
 from lsbench import __version__
-from lsbench.generators import mnist, mnist_idx
+from lsbench.generators import mnist
+from lsbench.generators.mnist import idx as mnist_idx
+from lsbench.generators.runner import RunOptions
 from lsbench.shards import encode_png, write_shard
 
 
@@ -62,7 +64,7 @@ def naive_reference(n: int, mnist_dir: Path | None, out: Path, seed: int = 0) ->
 
 def stage_breakdown(n_groups: int, cfg: mnist.MnistConfig, out: Path) -> dict[str, float]:
     """Milliseconds per image spent in each stage of lsbench's own path (single process)."""
-    src = mnist._source("test", cfg.mnist_dir)
+    src = mnist.pipeline._source("test", cfg.mnist_dir)
     rng = np.random.default_rng(0)
     t_resize = t_compose = t_png = 0.0
     samples = []
@@ -105,12 +107,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lsbench-perf-"))
     try:
         start = time.perf_counter()
-        mnist.generate(tmp / "ds", mnist_dir=args.mnist_dir, train=args.train, test=args.test, workers=args.workers)
+        cfg = mnist.MnistConfig(mnist_dir=args.mnist_dir, train=args.train, test=args.test)
+        mnist.generate(cfg, tmp / "ds", RunOptions(workers=args.workers))
         lsbench_s = time.perf_counter() - start
         n = args.train + args.test
         size = sum(p.stat().st_size for p in (tmp / "ds").glob("*.tar"))
         naive_s = naive_reference(args.naive, args.mnist_dir, tmp / "naive.tar")
-        stages = stage_breakdown(1000, mnist.MnistConfig(mnist_dir=args.mnist_dir and str(args.mnist_dir)), tmp)
+        stages = stage_breakdown(1000, cfg, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -37,7 +37,9 @@ from lsbench.generators.imagenet.classical import (
     GrabCutSegmenter,
     OpenCVInpainter,
 )
+from lsbench.generators.imagenet.config import ImagenetConfig
 from lsbench.generators.imagenet.sources import annotation_boxes, decode_photo, demo_set, read_photo_bytes
+from lsbench.generators.runner import RunOptions
 
 OFFLINE = {"detector": "annotation", "segmenter": "grabcut", "inpainter": "opencv"}
 
@@ -82,10 +84,11 @@ def cached_rate(images: int, workers: int, root: Path) -> dict:
     """Variant images/s once every photo's stages are cached (``images`` test images)."""
     cache = root / "cache"
     out = root / f"warm-w{workers}"
-    pipeline.generate(root / f"warmup-w{workers}", demo=True, train=0, test=28, cache_dir=cache, **OFFLINE)
+    warmup = ImagenetConfig(demo=True, train=0, test=28, cache_dir=cache, **OFFLINE)
+    pipeline.generate(warmup, root / f"warmup-w{workers}")
     start = time.perf_counter()
-    result = pipeline.generate(out, demo=True, train=0, test=images, cache_dir=cache, workers=workers,
-                               shard_size=max(7, images // (4 * workers) // 7 * 7), **OFFLINE)
+    result = pipeline.generate(ImagenetConfig(demo=True, train=0, test=images, cache_dir=cache, **OFFLINE), out,
+                               RunOptions(workers=workers, shard_size=max(7, images // (4 * workers) // 7 * 7)))
     seconds = time.perf_counter() - start
     shutil.rmtree(out)
     return {"workers": workers, "images": result.samples, "seconds": seconds, "images_per_s": result.samples / seconds}
@@ -94,7 +97,8 @@ def cached_rate(images: int, workers: int, root: Path) -> dict:
 def cold_rate(root: Path) -> dict:
     """A group of 7 variants with an empty cache: stages once, then 7 pastes (lsbench's cold path)."""
     start = time.perf_counter()
-    result = pipeline.generate(root / "cold", demo=True, train=0, test=28, cache_dir=root / "cold-cache", **OFFLINE)
+    result = pipeline.generate(ImagenetConfig(demo=True, train=0, test=28, cache_dir=root / "cold-cache", **OFFLINE),
+                               root / "cold")
     seconds = time.perf_counter() - start
     return {"images": result.samples, "seconds": seconds, "images_per_s": result.samples / seconds}
 

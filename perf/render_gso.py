@@ -31,6 +31,7 @@ import numpy as np
 from lsbench import __version__
 from lsbench.generators import gso
 from lsbench.generators.gso import assets, render, scene
+from lsbench.generators.runner import RunOptions
 
 ANCHORS = {
     "blenderproc_rtx3080_s_per_image": 7.0,
@@ -44,7 +45,8 @@ def run_generate(images: int, workers: int, **kw) -> dict:
     shard = max(2, images // (2 * workers))
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        gso.generate(Path(tmp) / "ds", train=images, test=2, variants=1, workers=workers, shard_size=shard, **kw)
+        gso.generate(gso.GsoConfig(train=images, test=2, variants=1, **kw), Path(tmp) / "ds",
+                     RunOptions(workers=workers, shard_size=shard))
         wall = time.perf_counter() - start
     total = images + 2
     return {"images": total, "workers": workers, "wall_s": round(wall, 2), "s_per_image": round(wall / total, 3),

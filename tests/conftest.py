@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import errno
 import gzip
 import hashlib
@@ -17,8 +18,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from lsbench import shards as lsbench_shards
+from lsbench import util as lsbench_util
 from lsbench.generators import mnist
+from lsbench.generators.mnist import MnistConfig
+from lsbench.generators.runner import RunOptions
 
 # A tiny 3-digit MNIST-LS: 2 train shards of 10, 5 test shards of 2 groups of 5.  Under a second.
 TINY = dict(digits=3, size=112, scale_range=(0.4, 2.0), train=20, test=50, shard_size=10)
@@ -47,9 +50,39 @@ def _no_distributed_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+def config_and_run(config_cls, options: dict) -> tuple:
+    """Keyword options as a test writes them, split into ``(config_cls(...), RunOptions(...))``."""
+    run_fields = {f.name for f in dataclasses.fields(RunOptions)}
+    run = {k: v for k, v in options.items() if k in run_fields}
+    return config_cls(**{k: v for k, v in options.items() if k not in run_fields}), RunOptions(**run)
+
+
+def generate_mnist(out: Path, **options):
+    """``mnist.generate`` with the config and run options given as keywords."""
+    cfg, run = config_and_run(MnistConfig, options)
+    return mnist.generate(cfg, out, run)
+
+
+def generate_gso(out: Path, **options):
+    """``gso.generate`` with the config and run options given as keywords (imported here: Blender's
+    generator is only loaded by the tests that use it)."""
+    from lsbench.generators import gso
+
+    cfg, run = config_and_run(gso.GsoConfig, options)
+    return gso.generate(cfg, out, run)
+
+
+def generate_imagenet(out: Path, **options):
+    """``imagenet.generate`` with the config and run options given as keywords."""
+    from lsbench.generators import imagenet
+
+    cfg, run = config_and_run(imagenet.ImagenetConfig, options)
+    return imagenet.generate(cfg, out, run)
+
+
 def generate_tiny(out: Path, **overrides):
     """Generate the tiny dataset (library call, quiet) into ``out``; returns the BuildResult."""
-    return mnist.generate(out, **{**TINY, **overrides})
+    return generate_mnist(out, **{**TINY, **overrides})
 
 
 def subprocess_env() -> dict[str, str]:
@@ -200,21 +233,21 @@ class _DoomedFile:
 def fail_nth_shard(mp: pytest.MonkeyPatch, n: int, err: int = errno.ENOSPC):
     """Make the ``n``-th shard file this process opens (1-based) fail with ``OSError(err)`` mid-write.
 
-    Shadows ``open`` inside :mod:`lsbench.shards` only (the writer opens its temporary shard file
-    with the builtin); manifests and everything else are untouched.
+    Shadows ``open`` inside :mod:`lsbench.util` only (the atomic writer opens its temporary file
+    with the builtin), for shard files; manifests and everything else are untouched.
     """
     state = {"shards": 0}
 
     def fake_open(file, mode="r", *args, **kwargs):
         f = builtins.open(file, mode, *args, **kwargs)
         name = Path(file).name
-        if "w" in mode and ".tar" + lsbench_shards.TMP_MARK in name:
+        if "w" in mode and ".tar" + lsbench_util.TMP_MARK in name:
             state["shards"] += 1
             if state["shards"] == n:
                 return _DoomedFile(f, err)
         return f
 
-    mp.setattr(lsbench_shards, "open", fake_open, raising=False)
+    mp.setattr(lsbench_util, "open", fake_open, raising=False)
     return state
 
 

@@ -26,7 +26,7 @@ from conftest import (
 from PIL import Image
 
 import lsbench
-from lsbench import shards
+from lsbench import dataset
 
 # --------------------------------------------------------------------------- basics
 
@@ -70,8 +70,8 @@ def test_generate_with_mnist_dir(cli, tmp_path):
     out = tmp_path / "ds"
     result = cli("generate", "mnist", "--out", out, "--mnist-dir", tmp_path, *TINY_CLI, "-q")
     assert result.exit_code == 0, result.output
-    assert {s["cls"] for s in shards.read_split(out, "train")} == {777}
-    assert {s["cls"] for s in shards.read_split(out, "test")} == {444}
+    assert {s["cls"] for s in dataset.read_split(out, "train")} == {777}
+    assert {s["cls"] for s in dataset.read_split(out, "test")} == {444}
     assert folder.is_dir()
 
 
@@ -249,7 +249,7 @@ def test_info_json(cli, tiny_dataset):
     assert summary["splits"]["test"]["samples"] == 50
     assert summary["splits"]["test"]["shards"] == "5/5"
     assert summary["config"]["digits"] == 3 and summary["complete"] is True
-    assert summary == json.loads(json.dumps(shards.summarize(tiny_dataset)))
+    assert summary == json.loads(json.dumps(dataset.summarize(tiny_dataset)))
 
 
 def test_info_json_survives_a_narrow_terminal(tiny_dataset):

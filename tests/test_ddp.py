@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from lsbench.generators import mnist
+from conftest import generate_mnist
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_two_process_torchrun_training(tmp_path):
     data = tmp_path / "data"
     # 3 train shards for 2 ranks: one rank gets more batches, which DDP's Join must absorb.
-    mnist.generate(data, digits=1, size=32, scale_range=(0.6, 1.1), train=96, test=40, variants=1, shard_size=32)
+    generate_mnist(data, digits=1, size=32, scale_range=(0.6, 1.1), train=96, test=40, variants=1, shard_size=32)
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     env["OMP_NUM_THREADS"] = "1"

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import generate_mnist
 from typer.testing import CliRunner
 
-from lsbench.benchmark.evaluate import evaluate, validate_result
+from lsbench.benchmark.configs import EvaluateConfig
+from lsbench.benchmark.evaluate import evaluate
+from lsbench.benchmark.results import validate_result
 from lsbench.cli import app
+from lsbench.dataset import manifest_sha256, open_dataset
 from lsbench.dec_models import checkpoint
 from lsbench.dec_models.registry import create_model
-from lsbench.generators import mnist
-from lsbench.shards import manifest_sha256, sha256_file
+from lsbench.util import sha256_file
 
 runner = CliRunner()
 
@@ -23,7 +26,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "mnist-ls"
-    mnist.generate(out, digits=1, size=32, scale_range=(0.6, 1.1), train=16, test=60, variants=2, shard_size=15)
+    generate_mnist(out, digits=1, size=32, scale_range=(0.6, 1.1), train=16, test=60, variants=2, shard_size=15)
     return out
 
 
@@ -52,7 +55,7 @@ def one_error_line(result) -> str:
 
 
 def test_result_has_provenance_and_validates(data, ckpt, tmp_path):
-    result, path = evaluate("resnet_dec", data, checkpoint=ckpt, out=tmp_path, batch_size=8, workers=0)
+    result, path = evaluate(EvaluateConfig("resnet_dec", data, checkpoint=ckpt, out=tmp_path, batch_size=8, workers=0))
     assert path is not None and json.loads(path.read_text()) == result
     validate_result(result)
     assert result["model"]["checkpoint_sha256"] == sha256_file(ckpt)
@@ -67,13 +70,13 @@ def test_result_has_provenance_and_validates(data, ckpt, tmp_path):
 
 
 def test_worker_count_does_not_change_metrics(data, ckpt):
-    a, _ = evaluate("resnet_dec", data, checkpoint=ckpt, batch_size=7, workers=0)
-    b, _ = evaluate("resnet_dec", data, checkpoint=ckpt, batch_size=7, workers=2)
+    a, _ = evaluate(EvaluateConfig("resnet_dec", data, checkpoint=ckpt, batch_size=7, workers=0))
+    b, _ = evaluate(EvaluateConfig("resnet_dec", data, checkpoint=ckpt, batch_size=7, workers=2))
     assert_same_metrics(a["metrics"], b["metrics"])
 
 
 def test_limit_evaluates_a_prefix(data, ckpt):
-    result, _ = evaluate("resnet_dec", data, checkpoint=ckpt, batch_size=8, workers=0, limit=16)
+    result, _ = evaluate(EvaluateConfig("resnet_dec", data, checkpoint=ckpt, batch_size=8, workers=0, limit=16))
     assert result["metrics"]["num_samples"] == 16
 
 
@@ -120,15 +123,15 @@ def test_timm_model_from_a_local_checkpoint(data, tmp_path):
     net = timm.create_model("resnet10t", num_classes=10)
     path = tmp_path / "r10t.pth"
     torch.save(net.state_dict(), path)
-    result, _ = evaluate("timm:resnet10t", data, checkpoint=path, img_size=32, batch_size=16, workers=0)
+    result, _ = evaluate(EvaluateConfig("timm:resnet10t", data, checkpoint=path, img_size=32, batch_size=16, workers=0))
     assert result["model"]["name"] == "timm:resnet10t" and result["metrics"]["num_samples"] == 60
     with pytest.raises(Exception, match="did you mean"):
-        evaluate("timm:resnet10tt", data, checkpoint=path)
+        evaluate(EvaluateConfig("timm:resnet10tt", data, checkpoint=path))
 
 
 @pytest.mark.slow
 def test_two_process_torchrun_equals_single_process(data, ckpt, tmp_path):
-    single, _ = evaluate("resnet_dec", data, checkpoint=ckpt, batch_size=8, workers=0)
+    single, _ = evaluate(EvaluateConfig("resnet_dec", data, checkpoint=ckpt, batch_size=8, workers=0))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     out = tmp_path / "ddp"
@@ -149,14 +152,14 @@ def test_errors_raised_in_loader_workers_reach_the_user_as_one_line(data):
     from lsbench.errors import DatasetError
 
     with pytest.raises(DatasetError) as caught:  # a classification set read as segmentation
-        next(iter(loader(data, "test", size=32, task="seg", batch_size=4, train=False, workers=1)))
+        next(iter(loader(open_dataset(data), "test", size=32, task="seg", batch_size=4, train=False, workers=1)))
     assert "Original Traceback" in str(caught.value)  # how torch wraps a worker's exception
     line = _one_line(caught.value)
     assert "\n" not in line and "has no mask.png" in line and not line.startswith("lsbench")
 
 
 def test_limit_is_exact_and_validated(data, ckpt):
-    result, _ = evaluate("resnet_dec", data, checkpoint=ckpt, batch_size=8, workers=0, limit=10)
+    result, _ = evaluate(EvaluateConfig("resnet_dec", data, checkpoint=ckpt, batch_size=8, workers=0, limit=10))
     assert result["metrics"]["num_samples"] == 10 and result["dataset"]["num_samples"] == 10
     with pytest.raises(Exception, match="--limit must be at least 1"):
-        evaluate("resnet_dec", data, checkpoint=ckpt, limit=0)
+        evaluate(EvaluateConfig("resnet_dec", data, checkpoint=ckpt, limit=0))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_user_error, read_json, shard_files
+from conftest import assert_user_error, generate_gso, read_json, shard_files
 
-from lsbench import shards
+from lsbench import dataset
 from lsbench.errors import ConfigError, DataError
 from lsbench.generators import gso
 from lsbench.generators.gso import assets, render, scene
@@ -65,7 +65,7 @@ def make_hdris(folder: Path, names=("city", "forest", "studio")) -> Path:
 
 def groups(directory: Path, split: str = "test") -> list[list[dict]]:
     out: list[list[dict]] = []
-    for s in shards.read_split(directory, split):
+    for s in dataset.read_split(directory, split):
         if s["meta"]["variant"] == 0:
             out.append([])
         out[-1].append(s)
@@ -228,7 +228,7 @@ def test_objects_and_hdris_are_drawn_deterministically():
 def test_manifest_identity_describes_a_segmentation_task():
     objs = assets.demo_objects()[:3]
     train, test = gso.split_hdris(assets.demo_hdris(), 0)
-    cfg = gso.GsoConfig(objects=tuple(objs), hdris_train=tuple(train), hdris_test=tuple(test), threads=2)
+    cfg = gso.GsoConfig(object_assets=tuple(objs), hdris_train=tuple(train), hdris_test=tuple(test), threads=2)
     ident = cfg.identity()
     assert ident["task"] == "seg" and ident["num_classes"] == 4
     assert ident["classes"] == ["background"] + [o.id for o in objs]
@@ -306,30 +306,31 @@ def test_missing_bpy_says_how_to_install(cli, tmp_path, monkeypatch):
 def demo_ds(tmp_path_factory) -> Path:
     """The tiny demo dataset rendered through two worker processes (3 shards)."""
     out = tmp_path_factory.mktemp("gso") / "demo"
-    result = gso.generate(out, workers=2, **TINY)
+    result = generate_gso(out, workers=2, **TINY)
     assert result.complete and result.shards_written == 3
     return out
 
 
 @pytest.mark.slow
 def test_demo_dataset_is_valid_and_a_segmentation_set(demo_ds):
-    assert shards.validate(demo_ds) == []
+    assert dataset.validate(demo_ds) == []
     manifest = read_json(demo_ds / "manifest.json")
     assert manifest["generator"] == "gso" and manifest["config"]["task"] == "seg"
     assert manifest["config"]["num_classes"] == 8 and manifest["splits"]["test"]["group_size"] == 3
-    from lsbench.benchmark.data import DatasetInfo, loader
+    from lsbench.benchmark.data import loader
+    from lsbench.dataset import open_dataset
 
-    info = DatasetInfo.read(demo_ds)
+    info = open_dataset(demo_ds)
     assert info.task == "seg" and info.num_classes == 8
-    images, masks, metas = next(iter(loader(demo_ds, "test", size=32, task="seg", batch_size=3, train=False)))
+    images, masks, metas = next(iter(loader(info, "test", size=32, task="seg", batch_size=3, train=False)))
     assert images.shape == (3, 3, 32, 32) and masks.shape == (3, 32, 32) and int(masks.max()) <= 7
 
 
 @pytest.mark.slow
 def test_masks_boxes_and_metadata_agree(demo_ds):
-    K = np.array(next(shards.read_split(demo_ds, "test"))["meta"]["camera"]["K"])
+    K = np.array(next(dataset.read_split(demo_ds, "test"))["meta"]["camera"]["K"])
     for split in ("train", "test"):
-        for s in shards.read_split(demo_ds, split):
+        for s in dataset.read_split(demo_ds, split):
             meta, mask, image = s["meta"], s["mask"], s["image"]
             assert image.shape == (SIZE, SIZE, 3) and mask.shape == (SIZE, SIZE) and mask.dtype == np.uint8
             assert set(np.unique(mask)) <= {0, *meta["classes"]}
@@ -395,12 +396,12 @@ def test_background_is_fixed_within_a_group(demo_ds):
 @pytest.mark.slow
 def test_same_images_with_one_worker_and_resume(demo_ds, tmp_path):
     out = tmp_path / "one"
-    gso.generate(out, workers=1, **TINY)
+    generate_gso(out, workers=1, **TINY)
     assert shard_files(out) == shard_files(demo_ds)  # byte-identical whatever the worker count
     (out / "test-000001.tar").unlink()
     (out / "train-000000.tar").unlink()
     # Worker processes spawned by a process that has imported bpy (it rendered above) must work too.
-    again = gso.generate(out, workers=2, **TINY)
+    again = generate_gso(out, workers=2, **TINY)
     assert again.shards_written == 2 and again.shards_reused == 1 and shard_files(out) == shard_files(demo_ds)
 
 
@@ -414,7 +415,7 @@ def test_gso_layout_and_hdri_folder_end_to_end(cli, tmp_path):
                  "--train", "1", "--test", "2", "--variants", "1", "--samples", "2", "--no-denoise", "--seed", "4")
     assert result.exit_code == 0, result.output
     assert "demo" not in result.stderr and "2 shards written" in result.stdout
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
     config = read_json(out / "manifest.json")["config"]
     assert config["source"] == "gso+hdri" and len(config["objects"]) == 2 and not config["denoise"]
     assert {h["id"] for h in config["hdris"]["test"]}.isdisjoint({h["id"] for h in config["hdris"]["train"]})
@@ -499,9 +500,9 @@ def test_mask_resolves_occlusion_exactly():
 @pytest.mark.slow
 def test_eevee_renders_headless(tmp_path):
     out = tmp_path / "eevee"
-    gso.generate(out, engine="eevee", size=32, train=1, test=2, variants=1, samples=2, scale_range=(0.8, 1.2))
-    assert shards.validate(out) == []
-    for s in shards.read_split(out, "test"):
+    generate_gso(out, engine="eevee", size=32, train=1, test=2, variants=1, samples=2, scale_range=(0.8, 1.2))
+    assert dataset.validate(out) == []
+    for s in dataset.read_split(out, "test"):
         assert s["meta"]["render"]["engine"] == "eevee" and s["image"].std() > 3
         assert all((s["mask"] == c).any() for c in s["meta"]["classes"])
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_user_error, read_json, sha256, shard_files
+from conftest import assert_user_error, generate_imagenet, read_json, sha256, shard_files
 from PIL import Image
 
-from lsbench import shards
+from lsbench import dataset
 from lsbench.errors import ConfigError, DataError, LsbenchError
 from lsbench.generators.imagenet import classical, compose, pipeline, sources
 from lsbench.generators.imagenet.cache import Prepared, Rejection, StageCache, cache_key
@@ -98,7 +98,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _samples(directory: Path, split: str) -> list[dict]:
-    return list(shards.read_split(directory, split))
+    return list(dataset.read_split(directory, split))
 
 
 def _shard_hashes(directory: Path) -> dict[str, str]:
@@ -579,6 +579,17 @@ def test_cache_key_depends_on_bytes_and_settings():
     assert base != cache_key(b"abc", {"detector": "prior", "dilate": 15})
 
 
+def test_offline_picks_the_classical_backend_for_every_stage_not_set():
+    """``offline`` is the config's rule, not the CLI's: Python callers get the same backends."""
+    backends = lambda c: (c.detector, c.segmenter, c.inpainter)  # noqa: E731
+    assert backends(pipeline.ImagenetConfig(demo=True, offline=True).resolved()) == ("annotation", "grabcut", "opencv")
+    assert backends(pipeline.ImagenetConfig(src=Path("/x"), offline=True).resolved()) == ("prior", "grabcut", "opencv")
+    # A stage set to another backend than its learned default keeps it.
+    assert backends(pipeline.ImagenetConfig(demo=True, offline=True, detector="prior").resolved()) == (
+        "prior", "grabcut", "opencv")
+    assert backends(pipeline.ImagenetConfig(demo=True).resolved()) == ("gdino", "sam", "lama")
+
+
 def test_stage_settings_follow_the_stage_options():
     cfg = pipeline.ImagenetConfig(**CLASSICAL)
     settings = cfg.stage_settings()
@@ -702,13 +713,13 @@ def demo_dataset(tmp_path_factory) -> Path:
     """The demo photos through the classical backends: 8 train images and 4 test groups of 7, in 6 shards.
     Read-only for the tests: copy it before changing it."""
     out = tmp_path_factory.mktemp("imagenet") / "ds"
-    result = pipeline.generate(out, **DEMO)
+    result = generate_imagenet(out, **DEMO)
     assert (result.shards_written, result.shards_reused, result.complete) == (6, 0, True)
     return out
 
 
 def test_demo_dataset_is_valid(demo_dataset):
-    assert shards.validate(demo_dataset) == []
+    assert dataset.validate(demo_dataset) == []
     manifest = read_json(demo_dataset / "manifest.json")
     assert manifest["generator"] == "imagenet" and manifest["name"] == "imagenet-ls-demo"
     config = manifest["config"]
@@ -818,8 +829,8 @@ def test_demo_train_samples(demo_dataset):
 
 @pytest.mark.slow
 def test_same_command_same_bytes_whatever_the_worker_count(demo_dataset, tmp_path):
-    again = pipeline.generate(tmp_path / "w1", **DEMO)
-    parallel = pipeline.generate(tmp_path / "w2", **DEMO, workers=2)
+    again = generate_imagenet(tmp_path / "w1", **DEMO)
+    parallel = generate_imagenet(tmp_path / "w2", **DEMO, workers=2)
     assert again.shards_written == parallel.shards_written == 6
     expected = _shard_hashes(demo_dataset)
     assert len(expected) == 6
@@ -835,13 +846,13 @@ def test_rerun_redoes_only_the_missing_shard_from_the_cache(demo_dataset, tmp_pa
     cached = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")}
     assert len(cached) == 4  # one entry per demo photo, shared by train and test
     (out / "test-000002.tar").unlink()
-    result = pipeline.generate(out, **DEMO)
+    result = generate_imagenet(out, **DEMO)
     assert (result.shards_written, result.shards_reused, result.complete) == (1, 5, True)
     assert shard_files(out) == before
     assert {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")} == cached
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
     # Nothing missing: nothing written.
-    assert pipeline.generate(out, **DEMO).shards_written == 0
+    assert generate_imagenet(out, **DEMO).shards_written == 0
 
 
 def test_rejection_summary_ignores_logs_of_shards_not_in_the_manifest(demo_dataset, tmp_path):
@@ -862,7 +873,7 @@ def test_anchor_bottom_keeps_the_bottom_edge(demo_dataset, tmp_path):
     out = tmp_path / "ds"
     shutil.copytree(demo_dataset, out)
     cached = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")}
-    pipeline.generate(out, **{**DEMO, "train": 0}, anchor="bottom", overwrite=True)
+    generate_imagenet(out, **{**DEMO, "train": 0}, anchor="bottom", overwrite=True)
     assert {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")} == cached
     for s in _samples(out, "test"):
         m = s["meta"]
@@ -892,8 +903,8 @@ def _rejection_tree(root: Path) -> tuple[Path, Path, dict[str, str]]:
 def test_rejected_photos_are_logged_and_the_dataset_completes(tmp_path):
     src, boxes, bad = _rejection_tree(tmp_path / "src")
     out = tmp_path / "ds"
-    result = pipeline.generate(out, src=src, boxes=boxes, **CLASSICAL, train=2, test=0, shard_size=10)
-    assert result.complete and shards.validate(out) == []
+    result = generate_imagenet(out, src=src, boxes=boxes, **CLASSICAL, train=2, test=0, shard_size=10)
+    assert result.complete and dataset.validate(out) == []
     log = [json.loads(line) for line in (out / "rejections.jsonl").read_text().splitlines()]
     assert {r["photo"]: r["stage"] for r in log} == bad
     for r in log:
@@ -914,19 +925,19 @@ def test_rejected_photos_are_logged_and_the_dataset_completes(tmp_path):
 def test_max_attempts_exhausted_is_a_data_error(tmp_path):
     src, boxes, _ = _rejection_tree(tmp_path / "src")
     with pytest.raises(DataError) as info:
-        pipeline.generate(tmp_path / "ds", src=src, boxes=boxes, **CLASSICAL, train=2, test=0, max_attempts=1)
+        generate_imagenet(tmp_path / "ds", src=src, boxes=boxes, **CLASSICAL, train=2, test=0, max_attempts=1)
     message = str(info.value)
     assert "\n" not in message and "1 photos in a row were rejected" in message and "--max-attempts" in message
     # Without any box annotations every candidate is rejected: the group runs out of photos.
     with pytest.raises(DataError, match="5 photos in a row were rejected.*detect: no box annotation"):
-        pipeline.generate(tmp_path / "ds2", src=src, **CLASSICAL, train=1, test=0)
+        generate_imagenet(tmp_path / "ds2", src=src, **CLASSICAL, train=1, test=0)
 
 
 def test_max_attempts_error_points_to_a_log_of_the_rejections(tmp_path):
     src, _, _ = _rejection_tree(tmp_path / "src")
     out = tmp_path / "ds"
     with pytest.raises(DataError) as info:
-        pipeline.generate(out, src=src, **CLASSICAL, train=1, test=0, max_attempts=3)
+        generate_imagenet(out, src=src, **CLASSICAL, train=1, test=0, max_attempts=3)
     folder = out / pipeline.REJECTION_DIR
     assert f"see {folder}" in str(info.value)
     logged = [r for p in folder.glob("*") for r in json.loads(p.read_text())["rejected"]]
@@ -962,7 +973,7 @@ def test_max_attempts_error_points_to_a_log_of_the_rejections(tmp_path):
 def test_bad_options_are_refused_before_writing(tmp_path, overrides, needles):
     out = tmp_path / "out"
     with pytest.raises(LsbenchError) as info:
-        pipeline.generate(out, **{**DEMO, **overrides})
+        generate_imagenet(out, **{**DEMO, **overrides})
     message = str(info.value)
     assert isinstance(info.value, ConfigError) and "\n" not in message
     for needle in needles:
@@ -972,14 +983,14 @@ def test_bad_options_are_refused_before_writing(tmp_path, overrides, needles):
 
 def test_missing_source_folder(tmp_path):
     with pytest.raises(ConfigError, match="--src .*missing is not a folder"):
-        pipeline.generate(tmp_path / "out", src=tmp_path / "missing", detector="prior", segmenter="grabcut",
+        generate_imagenet(tmp_path / "out", src=tmp_path / "missing", detector="prior", segmenter="grabcut",
                           inpainter="opencv", train=1, test=0)
     assert not (tmp_path / "out").exists()
 
 
 def test_test_count_rounds_down_to_whole_groups(tmp_path):
     notices: list[str] = []
-    result = pipeline.generate(tmp_path / "ds", **{**DEMO, "train": 0, "test": 15}, log=notices.append)
+    result = generate_imagenet(tmp_path / "ds", **{**DEMO, "train": 0, "test": 15}, log=notices.append)
     assert result.samples == 14
     assert "--test 15 rounded down to 14 images (whole groups of 7)" in notices
 

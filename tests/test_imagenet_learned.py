@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import generate_imagenet
 
+from lsbench import dataset
 from lsbench.errors import ConfigError, LsbenchError
 from lsbench.generators.imagenet import learned
-from lsbench.generators.imagenet.stages import Detection, Segmentation, build_detector, build_inpainter, build_segmenter
+from lsbench.generators.imagenet.stages import build_detector, build_inpainter, build_segmenter
+from lsbench.generators.imagenet.types import Detection, Segmentation
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_lama import lama_like  # noqa: E402
@@ -420,7 +423,7 @@ def test_other_errors_pass_through():
 
 
 def _samples(directory: Path) -> list[dict]:
-    from lsbench.shards import read_split
+    from lsbench.dataset import read_split
 
     return [s for split in ("train", "test") for s in read_split(directory, split)]
 
@@ -428,15 +431,13 @@ def _samples(directory: Path) -> list[dict]:
 def test_pipeline_end_to_end_with_sam_and_lama(tmp_path, sam_path, lama_paths):
     """``generate`` on the demo photos with the dataset boxes, SAM and LaMa loaded from their checkpoints:
     valid shards, the backends recorded per sample, and a rerun redoes a lost shard from the cache alone."""
-    from lsbench import shards
-    from lsbench.generators.imagenet import pipeline
 
     options = dict(demo=True, train=2, test=7, shard_size=7, detector="annotation", segmenter="sam",
                    inpainter="lama", sam_checkpoint=str(sam_path), sam_type="", lama_checkpoint=str(lama_paths[True]),
                    batch_size=2)
     out = tmp_path / "ds"
-    result = pipeline.generate(out, **options)
-    assert result.complete and shards.validate(out) == []
+    result = generate_imagenet(out, **options)
+    assert result.complete and dataset.validate(out) == []
     samples = _samples(out)
     assert len(samples) == 9
     for s in samples:
@@ -449,7 +450,7 @@ def test_pipeline_end_to_end_with_sam_and_lama(tmp_path, sam_path, lama_paths):
     before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
     cached = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")}
     (out / "test-000000.tar").unlink()
-    again = pipeline.generate(out, **options)
+    again = generate_imagenet(out, **options)
     assert (again.shards_written, again.complete) == (1, True)
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
     assert {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz")} == cached
@@ -463,7 +464,7 @@ def test_pipeline_logs_gdino_rejections(tmp_path, gdino_dir):
 
     out = tmp_path / "ds"
     with pytest.raises(DataError) as info:
-        pipeline.generate(out, demo=True, train=1, test=0, detector="gdino", segmenter="grabcut", inpainter="opencv",
+        generate_imagenet(out, demo=True, train=1, test=0, detector="gdino", segmenter="grabcut", inpainter="opencv",
                           gdino_checkpoint=str(gdino_dir), box_threshold=1.0, max_attempts=3)
     assert "\n" not in str(info.value) and "3 photos in a row were rejected" in str(info.value)
     log = [r for p in (out / pipeline.REJECTION_DIR).glob("*.json") for r in json.loads(p.read_text())["rejected"]]
@@ -473,7 +474,7 @@ def test_pipeline_logs_gdino_rejections(tmp_path, gdino_dir):
     # With thresholds every query passes, the photos get past detection and the detector's box is recorded.
     out = tmp_path / "ds2"
     try:
-        pipeline.generate(out, demo=True, train=1, test=0, detector="gdino", segmenter="grabcut",
+        generate_imagenet(out, demo=True, train=1, test=0, detector="gdino", segmenter="grabcut",
                           inpainter="opencv", gdino_checkpoint=str(gdino_dir), box_threshold=0.0, text_threshold=0.0,
                           max_attempts=2)
     except DataError:
@@ -489,16 +490,14 @@ def test_pipeline_bad_checkpoint_leaves_nothing_behind(tmp_path, lama_paths, rec
     """Models load at the first photo not in the cache, after the output folder exists: a checkpoint that
     fails to load is one line, leaves no half-made dataset (so the corrected command is not told the
     folder holds a different dataset), and torch's warnings about the file do not reach the user."""
-    from lsbench.generators.imagenet import pipeline
-
     out = tmp_path / "ds"
     options = dict(demo=True, train=1, test=0, detector="annotation", segmenter="sam", inpainter="opencv", sam_type="")
     with pytest.raises(ConfigError, match="is not a readable PyTorch checkpoint") as info:
-        pipeline.generate(out, **options, sam_checkpoint=str(lama_paths[True]))
+        generate_imagenet(out, **options, sam_checkpoint=str(lama_paths[True]))
     assert "\n" not in str(info.value)
     assert not out.exists()
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
     out.mkdir()  # an empty folder the user made is kept, empty
     with pytest.raises(ConfigError):
-        pipeline.generate(out, **options, sam_checkpoint=str(lama_paths[True]))
+        generate_imagenet(out, **options, sam_checkpoint=str(lama_paths[True]))
     assert out.is_dir() and not any(out.iterdir())

@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from lsbench.benchmark import leaderboard as lb
+from lsbench.benchmark import results
+from lsbench.dec_models.registry import ARCHS, METHODS
 from lsbench.errors import LsbenchError
 
 HASH_A = "a" * 64
@@ -96,7 +98,7 @@ def tbody_rows(html_text: str) -> list[str]:
 
 
 def test_helper_results_are_schema_valid():
-    schema = json.loads(lb.SCHEMA_PATH.read_text())
+    schema = json.loads(results.SCHEMA_PATH.read_text())
     for task in ("cls", "seg"):
         jsonschema.validate(make_result(task=task), schema)
 
@@ -281,7 +283,7 @@ def test_paper_tables_complete():
         for table in paper[kind]:
             assert table["source"] == f"paper Table {table['table']}" and table["caption"].startswith("Table")
             for row in table["rows"]:
-                assert row["arch"] in lb.ARCHS and row["method"] in lb.METHODS
+                assert row["arch"] in ARCHS and row["method"] in METHODS
                 assert paper["paper"]["arch_names"][row["paper_arch"]] == row["arch"]
                 assert paper["paper"]["method_names"][row["paper_method"]] == row["method"]
 

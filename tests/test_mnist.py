@@ -19,6 +19,7 @@ from conftest import (
     LSBENCH,
     fail_nth_shard,
     fake_digits,
+    generate_mnist,
     generate_tiny,
     read_json,
     sha256,
@@ -30,10 +31,11 @@ from conftest import (
     write_idx,
 )
 
-from lsbench import shards
+from lsbench import dataset, shards, util
 from lsbench.errors import ConfigError, DataError, DatasetError, DiskFullError, LsbenchError
-from lsbench.generators import mnist, mnist_idx
-from lsbench.generators.runner import SplitPlan, build, distributed_rank, merge_manifests
+from lsbench.generators import mnist
+from lsbench.generators.mnist import idx as mnist_idx
+from lsbench.generators.runner import RunOptions, SplitPlan, build, distributed_rank, merge_manifests
 
 # --------------------------------------------------------------------------- B. reading idx files
 
@@ -167,7 +169,7 @@ def test_generate_reports_broken_mnist_dir_before_writing(tmp_path):
 
 
 def _samples(directory, split):
-    return list(shards.read_split(directory, split))
+    return list(dataset.read_split(directory, split))
 
 
 def _overlap(a, b) -> bool:
@@ -282,11 +284,11 @@ def test_geometry_at_the_tightest_fit(tmp_path):
 
 def test_bracket_splits(tmp_path):
     out = tmp_path / "br"
-    mnist.generate(out, digits=3, size=224, train=5, test=10, brackets=True, bracket_count=20, shard_size=10)
+    generate_mnist(out, digits=3, size=224, train=5, test=10, brackets=True, bracket_count=20, shard_size=10)
     manifest = read_json(out / "manifest.json")
     brackets = {"test_04_10": (0.4, 1.0), "test_10_20": (1.0, 2.0), "test_20_30": (2.0, 3.0)}
     assert set(manifest["splits"]) == {"train", "test", *brackets}
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
     for split, (lo, hi) in brackets.items():
         samples = _samples(out, split)
         assert len(samples) == 20
@@ -304,7 +306,7 @@ def test_bracket_splits(tmp_path):
 
 def test_tiles_layout(tmp_path):
     out = tmp_path / "tiles"
-    mnist.generate(out, digits=3, layout="tiles", train=20, test=50, shard_size=10)
+    generate_mnist(out, digits=3, layout="tiles", train=20, test=50, shard_size=10)
     assert read_json(out / "manifest.json")["config"]["size"] == 210
     directions = set()
     for split in ("train", "test"):
@@ -321,7 +323,7 @@ def test_tiles_layout(tmp_path):
 
 def test_tiles_layout_crops_large_digits_to_their_tile(tmp_path):
     out = tmp_path / "tiles"
-    mnist.generate(out, digits=3, layout="tiles", scale_range=(2.6, 3.0), train=10, test=10, shard_size=10)
+    generate_mnist(out, digits=3, layout="tiles", scale_range=(2.6, 3.0), train=10, test=10, shard_size=10)
     for s in _samples(out, "train"):
         assert all(px > 70 for px in s["meta"]["sizes_px"])
         _check_geometry(s, 210, exact_sizes=False)
@@ -330,9 +332,9 @@ def test_tiles_layout_crops_large_digits_to_their_tile(tmp_path):
 
 def test_tiles_layout_refuses_other_sizes(tmp_path):
     with pytest.raises(ConfigError, match="--size must be 210"):
-        mnist.generate(tmp_path / "x", digits=3, layout="tiles", size=224, train=5, test=5)
+        generate_mnist(tmp_path / "x", digits=3, layout="tiles", size=224, train=5, test=5)
     with pytest.raises(ConfigError, match="--layout"):
-        mnist.generate(tmp_path / "x", layout="grid", train=5, test=5)
+        generate_mnist(tmp_path / "x", layout="grid", train=5, test=5)
 
 
 def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path):
@@ -412,7 +414,7 @@ def test_bad_options_are_refused_before_writing(tmp_path, overrides, needles):
 
 def test_bracket_scale_fits_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="scale 3.0"):
-        mnist.generate(tmp_path / "x", digits=3, size=160, train=5, test=5, brackets=True, bracket_count=5)
+        generate_mnist(tmp_path / "x", digits=3, size=160, train=5, test=5, brackets=True, bracket_count=5)
 
 
 def test_distributed_rank_from_environment():
@@ -433,7 +435,7 @@ def test_resume_same_config_reuses_everything(tmp_path):
     second = generate_tiny(out)
     assert (second.shards_written, second.shards_reused, second.complete) == (0, 7, True)
     assert shard_files(out) == before
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
 
 
 def test_resume_redoes_only_damaged_or_missing_shards(tmp_path, tiny_dataset):
@@ -446,7 +448,7 @@ def test_resume_redoes_only_damaged_or_missing_shards(tmp_path, tiny_dataset):
     result = generate_tiny(out)
     assert (result.shards_written, result.shards_reused) == (2, 5)
     assert shard_files(out) == shard_files(tiny_dataset)
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
 
 
 def test_different_dataset_is_refused_then_overwritten(tmp_path):
@@ -464,7 +466,7 @@ def test_different_dataset_is_refused_then_overwritten(tmp_path):
     assert read_json(out / "manifest.json")["seed"] == 3
     assert shard_files(out) != before
     assert (out / "notes.txt").read_text() == "mine", "--overwrite removes lsbench's files only"
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
 
 
 def test_other_shard_size_is_refused_not_mixed(tmp_path):
@@ -474,9 +476,9 @@ def test_other_shard_size_is_refused_not_mixed(tmp_path):
     before = shard_files(out)
     with pytest.raises(DatasetError, match=r"differs in: --shard-size \(was \d+\)"):
         generate_tiny(out, shard_size=5)
-    assert shard_files(out) == before and shards.validate(out) == []
+    assert shard_files(out) == before and dataset.validate(out) == []
     generate_tiny(out, shard_size=5, overwrite=True)
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
 
 
 def _shard_failing_with_config_error(spec, good_shards=0):
@@ -491,8 +493,8 @@ def test_config_error_during_work_leaves_no_half_made_dataset(tmp_path):
     """A setting that only fails once shards are being made (a lazily loaded model) removes what the
     run created in a new or empty folder, so the corrected command starts afresh; an existing dataset
     and its finished shards are kept."""
-    kwargs = dict(name="x", generator="x", config={}, seed=0, splits=[SplitPlan("train", 4)], shard_size=2,
-                  make_shard=_shard_failing_with_config_error, rank=0, world_size=1)
+    kwargs = dict(name="x", generator="x", config={}, seed=0, splits=[SplitPlan("train", 4)],
+                  make_shard=_shard_failing_with_config_error, run=RunOptions(shard_size=2, rank=0, world_size=1))
     with pytest.raises(ConfigError):
         build(tmp_path / "new", **kwargs)
     assert not (tmp_path / "new").exists()
@@ -512,7 +514,7 @@ def test_overwrite_removes_shards_the_new_plan_does_not_have(tmp_path):
     generate_tiny(out, train=40)
     generate_tiny(out, overwrite=True)
     assert not (out / "train-000003.tar").exists()
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
 
 
 def test_non_dataset_folder_is_refused(tmp_path):
@@ -537,7 +539,7 @@ def test_unreadable_manifest_is_refused_without_overwrite(tmp_path):
     with pytest.raises(DatasetError, match="unreadable.*--overwrite"):
         generate_tiny(out)
     generate_tiny(out, overwrite=True)
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
 
 
 def test_disk_full_keeps_finished_shards_and_resumes(tmp_path, tiny_dataset, monkeypatch):
@@ -551,13 +553,13 @@ def test_disk_full_keeps_finished_shards_and_resumes(tmp_path, tiny_dataset, mon
     listed = [r["name"] for entry in manifest["splits"].values() for r in entry["shards"]]
     assert sorted(listed) == ["test-000000.tar", "train-000000.tar", "train-000001.tar"]
     assert sorted(p.name for p in out.glob("*.tar")) == sorted(listed)
-    problems = shards.validate(out)
+    problems = dataset.validate(out)
     assert any("incomplete" in p for p in problems)
     result = generate_tiny(out)
     assert (result.shards_written, result.shards_reused, result.complete) == (4, 3, True)
     assert shard_files(out) == shard_files(tiny_dataset)
     assert shard_records(out) == shard_records(tiny_dataset)
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
 
 
 def test_disk_full_while_writing_the_manifest(tmp_path, monkeypatch):
@@ -570,11 +572,11 @@ def test_disk_full_while_writing_the_manifest(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     with monkeypatch.context() as mp, pytest.raises(DiskFullError, match="disk full"):
-        mp.setattr(shards.os, "replace", replace)
+        mp.setattr(util.os, "replace", replace)
         generate_tiny(out)
     assert temporaries(out) == []
     generate_tiny(out)
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
 
 
 def test_other_os_errors_are_not_disk_full(tmp_path, monkeypatch):
@@ -590,7 +592,7 @@ def test_keyboard_interrupt_in_process_keeps_finished_shards(tmp_path, tiny_data
     from lsbench.errors import Interrupted
 
     out = tmp_path / "ds"
-    real = mnist.make_group
+    real = mnist.pipeline.make_group
     calls = {"n": 0}
 
     def interrupting(cfg, split, group):
@@ -600,7 +602,7 @@ def test_keyboard_interrupt_in_process_keeps_finished_shards(tmp_path, tiny_data
         return real(cfg, split, group)
 
     with monkeypatch.context() as mp, pytest.raises(Interrupted, match="rerun the same command"):
-        mp.setattr(mnist, "make_group", interrupting)
+        mp.setattr(mnist.pipeline, "make_group", interrupting)
         generate_tiny(out)
     assert temporaries(out) == []
     assert sorted(r["name"] for r in shard_records(out)["train"]) == ["train-000000.tar", "train-000001.tar"]
@@ -613,7 +615,7 @@ def test_a_late_rank_does_not_delete_another_ranks_shard_in_progress(tmp_path, m
     """Ranks of a multi-node run share one folder.  Rank 1 starting while rank 0 is halfway through
     a shard must not delete rank 0's temporary file (rank 0 would then fail when renaming it)."""
     out = tmp_path / "ds"
-    real = mnist.make_group
+    real = mnist.pipeline.make_group
     state = {"started": False}
 
     def make_group(cfg, split, group):
@@ -626,7 +628,7 @@ def test_a_late_rank_does_not_delete_another_ranks_shard_in_progress(tmp_path, m
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with monkeypatch.context() as mp:
-        mp.setattr(mnist, "make_group", make_group)
+        mp.setattr(mnist.pipeline, "make_group", make_group)
         monkeypatch.setenv("RANK", "0")
         generate_tiny(out)
     assert state["started"]
@@ -663,7 +665,7 @@ def test_ranks_write_disjoint_shards_and_merge(tmp_path, tiny_dataset, monkeypat
     for key in ("config", "seed", "generator", "name", "complete", "shard_size"):
         assert merged[key] == single[key], key
     assert "rank" not in merged and "world_size" not in merged
-    assert shards.validate(out) == []
+    assert dataset.validate(out) == []
 
 
 def test_merge_refuses_without_parts_or_with_missing_shards(tmp_path, monkeypatch):
@@ -738,13 +740,13 @@ def _run_to_completion(out: Path, *extra: str) -> None:
 def big_reference(tmp_path_factory) -> Path:
     """The BIG dataset (200 shards) generated without interruption (library call, 2 workers)."""
     out = tmp_path_factory.mktemp("bigref") / "ds"
-    mnist.generate(out, digits=3, size=112, train=2000, test=2000, shard_size=20, workers=2)
+    generate_mnist(out, digits=3, size=112, train=2000, test=2000, shard_size=20, workers=2)
     return out
 
 
 def _assert_same_as(out: Path, reference: Path) -> None:
     assert temporaries(out) == []
-    assert shards.validate(out, check_images=False) == []
+    assert dataset.validate(out, check_images=False) == []
     ref = {p.name: sha256(p) for p in reference.glob("*.tar")}
     got = {p.name: sha256(p) for p in out.glob("*.tar")}
     assert len(ref) == 200 and got == ref
@@ -793,7 +795,7 @@ def test_ctrl_c_while_workers_start(tmp_path, delay):
     assert temporaries(out) == []
     lines = [line for line in stderr.splitlines() if line.strip()]
     if proc.returncode == 0:
-        assert lines == [] and shards.validate(out, check_images=False) == []
+        assert lines == [] and dataset.validate(out, check_images=False) == []
     else:
         assert proc.returncode == 130, stderr[:3000]
         assert len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr[:3000]

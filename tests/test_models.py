@@ -16,11 +16,11 @@ import pytest
 import torch
 from conftest import assert_user_error
 
-from lsbench.dec_models import checkpoint, registry
+from lsbench.dec_models import archs, checkpoint, methods, registry
 from lsbench.dec_models.latent import adapted_layers
 from lsbench.errors import ConfigError
 
-ALL_NAMES = registry.model_names()
+ALL_NAMES = registry.list_models()
 
 
 def img_size(name: str, task: str = "cls") -> int:
@@ -51,7 +51,7 @@ def unused_ok(param_name: str, task: str) -> bool:
 
 
 def test_model_names_are_36_unique_arch_method_pairs():
-    names = registry.model_names()
+    names = registry.list_models()
     assert len(names) == 36
     assert len(set(names)) == 36
     assert {registry.parse_name(n) for n in names} == {(a, m) for a in registry.ARCHS for m in registry.METHODS}
@@ -81,6 +81,81 @@ def test_create_model_rejects_bad_arguments(kwargs, needle):
     args = {"name": "resnet_base", "num_classes": 3, "task": "cls", "size": "micro", **kwargs}
     with pytest.raises(ConfigError, match=re.escape(needle)):
         registry.create_model(args.pop("name"), args.pop("num_classes"), **args)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_list_functions_return_the_registry_content():
+    assert registry.ARCHS == tuple(archs.list_archs()) == ("resnet", "vit", "deit", "swin", "beit", "dinov2")
+    assert registry.METHODS == tuple(methods.list_methods()) == ("base", "aug", "canon", "invl", "augl", "dec")
+    assert registry.list_models() == [f"{a}_{m}" for a in registry.ARCHS for m in registry.METHODS]
+    assert registry.list_families() == ["timm"]
+    assert archs.get_arch("resnet").sizes["micro"][0] == "resnet10t"
+    assert archs.get_arch("resnet").any_input_size and not archs.get_arch("vit").any_input_size
+
+
+def test_a_registered_method_is_found_by_name():
+    dec, canon, aug = (methods.get_method(n) for n in ("dec", "canon", "aug"))
+    assert dec.name == "dec" and dec.canonicalizer is methods.dec_canonicalizer and dec.loss is methods.plain_loss
+    assert canon.defaults == {"canon_candidates": 64}
+    assert aug.canonicalizer is None and aug.loss is methods.aug_loss
+    for name in ("base", "aug", "invl", "augl"):
+        assert methods.get_method(name).canonicalizer is None
+    with pytest.raises(ConfigError, match="unknown method 'foo'"):
+        methods.get_method("foo")
+
+
+def test_a_models_config_takes_its_methods_defaults():
+    for name in registry.METHODS:
+        cfg = micro(f"resnet_{name}").config
+        for key, value in methods.get_method(name).defaults.items():
+            assert getattr(cfg, key) == value, (name, key)
+    assert micro("resnet_aug", aug_strength=0.5).config.aug_strength == 0.5
+
+
+def test_a_new_method_registered_by_name_builds_and_trains(monkeypatch):
+    """Adding a method is one registration: names, building and the training loss follow."""
+    monkeypatch.setitem(methods._METHODS, "toy", methods.Method("toy", methods.plain_loss, defaults={"grid": 2}))
+    assert "resnet_toy" in registry.list_models()
+    model = micro("resnet_toy")
+    assert model.config.method == "toy" and model.config.grid == 2
+    loss, logs = methods.get_method("toy").loss(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    assert loss.ndim == 0 and set(logs) == {"task_loss"}
+
+
+@pytest.mark.parametrize("call", [registry.parse_name, lambda n: registry.create_model(n, 3, size="micro")])
+def test_unknown_name_gives_the_close_match_hint_once(call):
+    with pytest.raises(ConfigError) as info:
+        call("resnet_decc")
+    message = str(info.value)
+    assert "did you mean resnet_dec" in message and message.count("did you mean") == 1
+    assert "\n" not in message and "timm:NAME" in message
+    with pytest.raises(ConfigError) as info:
+        call("timm:resnet10tt")
+    assert "did you mean timm:resnet10t" in str(info.value) and str(info.value).count("did you mean") == 1
+
+
+def test_timm_family_resolves_and_builds(tmp_path):
+    import timm
+
+    assert registry.parse_name("timm:resnet10t") == ("timm", "resnet10t")
+    torch.manual_seed(0)
+    path = tmp_path / "r10t.pth"
+    state = timm.create_model("resnet10t", num_classes=4).state_dict()
+    torch.save(state, path)
+    model = registry.create_model("timm:resnet10t", 4, pretrained=path, img_size=32)
+    assert model.config == {"name": "timm:resnet10t", "timm_name": "resnet10t", "num_classes": 4, "img_size": 32}
+    assert all(torch.equal(model.net.state_dict()[k], v) for k, v in state.items())
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4) and model.solver_stats() == {}
+    own_size = timm.create_model("resnet10t").pretrained_cfg["input_size"][-1]  # 176 px
+    assert registry.create_model("timm:resnet10t", 4).config["img_size"] == own_size
+    with pytest.raises(ConfigError, match=r"does not fit timm:resnet10t with 5 classes"):
+        registry.create_model("timm:resnet10t", 5, pretrained=path)
+    with pytest.raises(ConfigError, match="plain timm models are classifiers"):
+        registry.create_model("timm:resnet10t", 4, task="seg")
+    with pytest.raises(ConfigError, match="timm:resnet10t takes no grid"):
+        registry.create_model("timm:resnet10t", 4, grid=4)
 
 
 # --------------------------------------------------------------------------- every model builds and trains

@@ -14,7 +14,7 @@ import webdataset as wds
 from conftest import read_json, sha256, temporaries
 from PIL import Image
 
-from lsbench import shards
+from lsbench import dataset, shards, util
 from lsbench.errors import DatasetError
 
 
@@ -52,7 +52,7 @@ def test_write_shard_record_matches_file(tmp_path):
     path = tmp_path / "x-000000.tar"
     rec = shards.write_shard(path, _samples(5))
     assert rec.name == path.name
-    assert rec.sha256 == sha256(path) == shards.sha256_file(path)
+    assert rec.sha256 == sha256(path) == util.sha256_file(path)
     assert rec.bytes == path.stat().st_size
     assert rec.num_samples == 5
 
@@ -182,12 +182,12 @@ def test_plan_shards_refuses_bad_split_names(split):
 
 
 def _reference(directory, split):
-    return [(s["__key__"], s.get("cls"), s["meta"], s["image"]) for s in shards.read_split(directory, split)]
+    return [(s["__key__"], s.get("cls"), s["meta"], s["image"]) for s in dataset.read_split(directory, split)]
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_plain_webdataset_reads_what_read_split_reads(tiny_dataset, split):
-    urls = [str(p) for p in shards.shard_paths(tiny_dataset, split)]
+    urls = [str(p) for p in dataset.open_dataset(tiny_dataset).shard_paths(split)]
     plain = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
     ref = _reference(tiny_dataset, split)
     assert [s["__key__"] for s in plain] == [r[0] for r in ref]
@@ -199,7 +199,7 @@ def test_plain_webdataset_reads_what_read_split_reads(tiny_dataset, split):
 
 def test_lsbench_webdataset_numpy(tiny_dataset):
     ref = _reference(tiny_dataset, "test")
-    got = list(shards.webdataset(tiny_dataset, "test", decode="numpy"))
+    got = list(dataset.webdataset(tiny_dataset, "test", decode="numpy"))
     assert [(s["__key__"], s["cls"], s["meta"]) for s in got] == [r[:3] for r in ref]
     for s, r in zip(got, ref, strict=True):
         assert s["image"].dtype == np.uint8
@@ -208,7 +208,7 @@ def test_lsbench_webdataset_numpy(tiny_dataset):
 
 def test_lsbench_webdataset_torch(tiny_dataset):
     ref = _reference(tiny_dataset, "test")
-    got = list(shards.webdataset(tiny_dataset, "test", decode="torch"))
+    got = list(dataset.webdataset(tiny_dataset, "test", decode="torch"))
     assert [(s["__key__"], s["cls"], s["meta"]) for s in got] == [r[:3] for r in ref]
     for s, r in zip(got, ref, strict=True):
         img = s["image"]
@@ -219,15 +219,15 @@ def test_lsbench_webdataset_torch(tiny_dataset):
 
 
 def test_lsbench_webdataset_raw_and_bad_decode(tiny_dataset):
-    raw = list(shards.webdataset(tiny_dataset, "train", decode="raw"))
+    raw = list(dataset.webdataset(tiny_dataset, "train", decode="raw"))
     assert len(raw) == 20 and isinstance(raw[0]["png"], bytes)
     with pytest.raises(ValueError, match="decode"):
-        shards.webdataset(tiny_dataset, "train", decode="pil")
+        dataset.webdataset(tiny_dataset, "train", decode="pil")
 
 
 def test_unknown_split_is_a_clear_error(tiny_dataset):
     with pytest.raises(DatasetError, match="has no split 'val'.*train"):
-        shards.shard_paths(tiny_dataset, "val")
+        dataset.open_dataset(tiny_dataset).shard_paths("val")
 
 
 def test_split_by_node_partitions_shards_between_ranks(tiny_dataset, monkeypatch):
@@ -236,13 +236,13 @@ def test_split_by_node_partitions_shards_between_ranks(tiny_dataset, monkeypatch
     We simulate two nodes by setting those variables; each rank must get every other shard
     (manifest order), the two ranks disjoint and together complete, and groups whole.
     """
-    paths = [str(p) for p in shards.shard_paths(tiny_dataset, "test")]
+    paths = [str(p) for p in dataset.open_dataset(tiny_dataset).shard_paths("test")]
     all_keys = [r[0] for r in _reference(tiny_dataset, "test")]
     per_rank = []
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        got = list(shards.webdataset(tiny_dataset, "test"))
+        got = list(dataset.webdataset(tiny_dataset, "test"))
         assert {s["__url__"] for s in got} == set(paths[rank::2])
         groups = {}
         for s in got:
@@ -256,12 +256,12 @@ def test_split_by_node_partitions_shards_between_ranks(tiny_dataset, monkeypatch
 
 def test_split_by_worker_partitions_shards_between_workers(tiny_dataset, monkeypatch):
     """split_by_worker reads WORKER/NUM_WORKERS (else the DataLoader's worker info)."""
-    paths = [str(p) for p in shards.shard_paths(tiny_dataset, "test")]
+    paths = [str(p) for p in dataset.open_dataset(tiny_dataset).shard_paths("test")]
     seen = []
     for worker in (0, 1):
         monkeypatch.setenv("WORKER", str(worker))
         monkeypatch.setenv("NUM_WORKERS", "2")
-        got = list(shards.webdataset(tiny_dataset, "test"))
+        got = list(dataset.webdataset(tiny_dataset, "test"))
         assert {s["__url__"] for s in got} == set(paths[worker::2])
         seen.append({s["__key__"] for s in got})
     assert not seen[0] & seen[1]
@@ -270,7 +270,7 @@ def test_split_by_worker_partitions_shards_between_workers(tiny_dataset, monkeyp
 
 def test_torch_dataloader_workers_partition_shards(tiny_dataset):
     """Real DataLoader workers (split_by_worker via torch's worker info): every sample exactly once."""
-    ds = shards.webdataset(tiny_dataset, "train", decode="raw")
+    ds = dataset.webdataset(tiny_dataset, "train", decode="raw")
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
     keys = [s["__key__"] for s in loader]
     assert sorted(keys) == [r[0] for r in _reference(tiny_dataset, "train")]
@@ -280,8 +280,8 @@ def test_torch_dataloader_workers_partition_shards(tiny_dataset):
 
 
 def test_validate_good_dataset(tiny_dataset):
-    assert shards.validate(tiny_dataset) == []
-    assert shards.validate(tiny_dataset, check_images=False) == []
+    assert dataset.validate(tiny_dataset) == []
+    assert dataset.validate(tiny_dataset, check_images=False) == []
 
 
 def _problems_about(problems, *needles):
@@ -293,26 +293,26 @@ def test_validate_reports_corrupted_byte(tiny_copy):
     data = bytearray(path.read_bytes())
     data[len(data) // 3] ^= 0xFF
     path.write_bytes(bytes(data))
-    problems = shards.validate(tiny_copy)
+    problems = dataset.validate(tiny_copy)
     assert _problems_about(problems, "test-000002.tar", "sha256"), problems
 
 
 def test_validate_reports_missing_shard(tiny_copy):
     (tiny_copy / "train-000001.tar").unlink()
-    problems = shards.validate(tiny_copy)
+    problems = dataset.validate(tiny_copy)
     assert _problems_about(problems, "train-000001.tar", "missing"), problems
 
 
 def test_validate_reports_unlisted_shard(tiny_copy):
     shutil.copy(tiny_copy / "train-000000.tar", tiny_copy / "train-000007.tar")
-    problems = shards.validate(tiny_copy)
+    problems = dataset.validate(tiny_copy)
     assert _problems_about(problems, "train-000007.tar", "not listed"), problems
 
 
 @pytest.mark.parametrize("name", [".test-000001.tar.tmp-4242", ".manifest.json.tmp-4242"])
 def test_validate_reports_leftover_temporary(tiny_copy, name):
     (tiny_copy / name).write_bytes(b"partial")
-    problems = shards.validate(tiny_copy)
+    problems = dataset.validate(tiny_copy)
     assert _problems_about(problems, name, "temporary"), problems
 
 
@@ -320,7 +320,7 @@ def test_validate_reports_shard_count_mismatch(tiny_copy):
     manifest = read_json(tiny_copy / "manifest.json")
     manifest["splits"]["test"]["shards"][1]["num_samples"] = 11
     (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
-    problems = shards.validate(tiny_copy)
+    problems = dataset.validate(tiny_copy)
     assert _problems_about(problems, "test-000001.tar", "holds 10 samples", "says 11"), problems
 
 
@@ -328,27 +328,27 @@ def test_validate_reports_split_count_mismatch(tiny_copy):
     manifest = read_json(tiny_copy / "manifest.json")
     manifest["splits"]["train"]["num_samples"] = 25
     (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
-    problems = shards.validate(tiny_copy)
+    problems = dataset.validate(tiny_copy)
     assert _problems_about(problems, "train", "20 samples found", "25"), problems
 
 
 def test_validate_reports_broken_manifest(tiny_copy):
     (tiny_copy / "manifest.json").write_text('{"format": "lsbench-dataset", "splits": ')
-    problems = shards.validate(tiny_copy)
+    problems = dataset.validate(tiny_copy)
     assert len(problems) == 1 and "not valid JSON" in problems[0], problems
 
 
 def test_validate_reports_missing_manifest_and_folder(tiny_copy, tmp_path):
     (tiny_copy / "manifest.json").unlink()
-    assert _problems_about(shards.validate(tiny_copy), "no manifest.json")
-    assert _problems_about(shards.validate(tmp_path / "nowhere"), "does not exist")
+    assert _problems_about(dataset.validate(tiny_copy), "no manifest.json")
+    assert _problems_about(dataset.validate(tmp_path / "nowhere"), "does not exist")
 
 
 def test_validate_reports_incomplete_dataset(tiny_copy):
     manifest = read_json(tiny_copy / "manifest.json")
     manifest["complete"] = False
     (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
-    assert _problems_about(shards.validate(tiny_copy), "incomplete")
+    assert _problems_about(dataset.validate(tiny_copy), "incomplete")
 
 
 def test_validate_lists_every_problem_at_once(tiny_copy):
@@ -362,7 +362,7 @@ def test_validate_lists_every_problem_at_once(tiny_copy):
     manifest = read_json(tiny_copy / "manifest.json")
     manifest["splits"]["train"]["shards"][1]["num_samples"] = 9
     (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
-    problems = shards.validate(tiny_copy)
+    problems = dataset.validate(tiny_copy)
     assert _problems_about(problems, "test-000000.tar", "sha256"), problems
     assert _problems_about(problems, "test-000004.tar", "missing"), problems
     assert _problems_about(problems, "train-000002.tar", "not listed"), problems
@@ -380,14 +380,14 @@ def test_validate_reports_schema_problems(tmp_path, tiny_copy):
     manifest = read_json(tiny_copy / "manifest.json")
     manifest["splits"]["train"]["shards"][0] = {**manifest["splits"]["train"]["shards"][0], **rec.__dict__}
     (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
-    problems = shards.validate(tiny_copy)
+    problems = dataset.validate(tiny_copy)
     assert _problems_about(problems, "0000000_00", "image"), problems
     assert _problems_about(problems, "0000000_01", "does not decode"), problems
     assert _problems_about(problems, "0000000_01", "'group'"), problems
 
 
 def test_summarize(tiny_dataset):
-    summary = shards.summarize(tiny_dataset)
+    summary = dataset.summarize(tiny_dataset)
     assert summary["complete"] is True
     assert summary["splits"]["train"]["samples"] == 20 and summary["splits"]["train"]["shards"] == "2/2"
     assert summary["splits"]["test"]["groups"] == 10 and summary["splits"]["test"]["group_size"] == 5

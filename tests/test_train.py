@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_user_error
+from conftest import assert_user_error, generate_mnist
 
 from lsbench.benchmark.train import TrainConfig, train
 from lsbench.dec_models import checkpoint
 from lsbench.errors import ConfigError, DatasetError
-from lsbench.generators import mnist
 
 TRAIN, TEST, BATCH = 96, 40, 16
 STEPS_PER_EPOCH = TRAIN // BATCH
@@ -29,7 +28,7 @@ STEPS_PER_EPOCH = TRAIN // BATCH
 def mnist_ls(tmp_path_factory) -> Path:
     """Tiny MNIST-LS: 1 digit per 32-px image (scales 0.6–1.1 so it fits), test = 20 groups of 1 + 1 variant."""
     out = tmp_path_factory.mktemp("mnist_ls") / "ds"
-    result = mnist.generate(out, digits=1, size=32, scale_range=(0.6, 1.1), train=TRAIN, test=TEST, variants=1,
+    result = generate_mnist(out, digits=1, size=32, scale_range=(0.6, 1.1), train=TRAIN, test=TEST, variants=1,
                             shard_size=32)
     assert result.complete
     for p in out.iterdir():

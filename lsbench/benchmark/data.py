@@ -12,65 +12,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..dataset import Dataset
 from ..errors import DatasetError
-from ..shards import decode_sample, image_to_tensor, read_manifest, sha256_file, shard_paths
+from ..shards import decode_sample, image_to_tensor
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What training/evaluation needs to know about a dataset folder."""
-
-    directory: Path
-    name: str
-    generator: str
-    task: str
-    num_classes: int
-    splits: dict[str, int]  # split → number of samples
-
-    @classmethod
-    def read(cls, directory: Path) -> DatasetInfo:
-        manifest = read_manifest(directory)
-        if not manifest.get("complete", False):
-            raise DatasetError(f"{directory} is incomplete: rerun its generate command to finish it")
-        config = manifest.get("config", {})
-        if "num_classes" not in config:
-            raise DatasetError(f"{directory}/manifest.json does not record num_classes; regenerate the dataset")
-        splits = {s: e["num_samples"] for s, e in manifest["splits"].items()}
-        return cls(Path(directory), manifest.get("name", "?"), manifest.get("generator", "?"),
-                   config.get("task", "cls"), int(config["num_classes"]), splits)
-
-
-def verify_shards(directory: Path, split: str, *, skip_corrupt: bool = False, log=None) -> list[str]:
-    """Check the split's shards against the manifest (size and sha256) before reading them.
-
-    A missing or corrupt shard stops the run with its name, or with ``skip_corrupt`` is reported
-    through ``log`` and returned, to be left out.
-    """
-    manifest = read_manifest(directory)
-    bad = []
-    for rec in manifest["splits"][split]["shards"]:
-        path = Path(directory) / rec["name"]
-        if not path.is_file() or path.stat().st_size != rec["bytes"] or sha256_file(path) != rec["sha256"]:
-            bad.append(rec["name"])
-    if bad and not skip_corrupt:
-        raise DatasetError(
-            f"{directory}: shard {bad[0]} is missing or corrupt ({len(bad)} bad in split {split!r}); regenerate "
-            "it (rerun the generate command) or pass --skip-corrupt to leave it out"
-        )
-    if bad and log:
-        log(f"skipping {len(bad)} corrupt shard(s): {', '.join(bad)}")
-    return bad
 
 
 def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
@@ -134,13 +87,15 @@ def pipeline(urls: list[str], *, size: int, task: str, train: bool, seed: int = 
     return wds.DataPipeline(*stages)
 
 
-def loader(directory: Path, split: str, *, size: int, task: str, batch_size: int, train: bool,
-           workers: int = 0, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000, skip: Collection[str] = ()):
-    """A ``DataLoader`` over one split yielding ``(images (B, 3, S, S), targets, metas)``; shard file
-    names in ``skip`` are left out."""
-    urls = [str(p) for p in shard_paths(directory, split) if p.name not in skip]
+def loader(dataset: Dataset, split: str, *, size: int, batch_size: int, train: bool, workers: int = 0,
+           seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000, skip: Collection[str] = (),
+           task: str | None = None):
+    """A ``DataLoader`` over one split of an opened dataset yielding ``(images (B, 3, S, S), targets,
+    metas)``; shard file names in ``skip`` are left out; ``task`` defaults to the dataset's."""
+    urls = [str(p) for p in dataset.shard_paths(split) if p.name not in skip]
     if not urls:
-        raise DatasetError(f"{directory}: split {split!r} has no shards")
+        raise DatasetError(f"{dataset.directory}: split {split!r} has no shards")
+    task = task or dataset.task
     workers = min(workers, len(urls))
     return torch.utils.data.DataLoader(
         pipeline(urls, size=size, task=task, train=train, seed=seed, epoch=epoch, shuffle_buffer=shuffle_buffer),

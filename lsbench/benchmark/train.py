@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,53 +26,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms.join import Join
 
+from ..dataset import Dataset, open_dataset
 from ..dec_models import checkpoint
-from ..dec_models.baselines import method_loss
-from ..dec_models.registry import LSModel, create_model, parse_name
+from ..dec_models.registry import LSModel, create_model, get_method, parse_name
 from ..errors import ConfigError
+from ..options import check_ranges
 from . import distributed
-from .data import DatasetInfo, loader, verify_shards
+from .configs import TrainConfig
+from .data import loader
 
 # Options a resumed run may change (everything else must match the checkpoint's run).  More
 # epochs extend a run; with the cosine schedule that also stretches the remaining decay.
 RESUMABLE_CHANGES = frozenset({"out", "epochs", "workers", "val_limit", "log_every", "pretrained"})
-
-
-@dataclass
-class TrainConfig:
-    """One training run; ``None`` fields take the dataset's paper default."""
-
-    model: str
-    data: str
-    out: str
-    size: str = "tiny"
-    img_size: int | None = None
-    pretrained: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    warmup_epochs: float | None = None
-    scheduler: str | None = None  # "cosine" | "constant"
-    label_smoothing: float | None = None
-    mixup: float | None = None
-    random_erase: float | None = None
-    layer_decay: float | None = None
-    grad_clip: float | None = 5.0
-    train_split: str = "train"
-    val_split: str = "test"
-    val_limit: int | None = 2000
-    max_steps_per_epoch: int | None = None
-    workers: int = 2
-    seed: int = 0
-    amp: bool = True
-    shuffle_buffer: int = 1000
-    log_every: int = 10
-    grid: int = 4
-    latent_mode: str = "equivariant"
-    dec_backward: str = "implicit"
-    aug_strength: float = 0.25
-    loss_weight: float = 1.0
 
 
 def paper_defaults(generator: str, arch: str, task: str) -> dict[str, Any]:
@@ -96,7 +61,7 @@ def paper_defaults(generator: str, arch: str, task: str) -> dict[str, Any]:
     return base
 
 
-def resolve(cfg: TrainConfig, info: DatasetInfo) -> TrainConfig:
+def resolve(cfg: TrainConfig, info: Dataset) -> TrainConfig:
     """Fill ``None`` fields from :func:`paper_defaults` and check what the user gave."""
     arch, _ = parse_name(cfg.model)
     defaults = paper_defaults(info.generator, arch, info.task)
@@ -105,30 +70,16 @@ def resolve(cfg: TrainConfig, info: DatasetInfo) -> TrainConfig:
         if values.get(key) is None:
             values[key] = value
     out = TrainConfig(**values)
-    for name in ("epochs", "batch_size", "img_size"):
-        if getattr(out, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(out, name)}")
+    check_ranges(out)
     if out.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {out.lr}")
-    if out.scheduler not in ("cosine", "constant"):
-        raise ConfigError(f"--scheduler must be cosine or constant, got {out.scheduler!r}")
     for split in (out.train_split, out.val_split):
-        if split not in info.splits:
-            raise ConfigError(f"{info.directory} has no split {split!r} (it has {', '.join(sorted(info.splits))})")
+        info.split(split)
     if out.mixup and info.task != "cls":
         raise ConfigError("--mixup is for classification datasets")
     checks = [
-        (out.latent_mode in ("equivariant", "invariant"), "--latent-mode must be equivariant or invariant"),
-        (out.dec_backward in ("implicit", "phantom"), "--dec-backward must be implicit or phantom"),
-        (out.grid >= 1, "--grid must be at least 1"),
-        (out.aug_strength >= 0, "--aug-strength must be >= 0"),
-        (out.workers >= 0, "--workers must be >= 0"),
-        (out.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (0 <= out.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-        (0 <= out.random_erase <= 1, "--random-erase must be in [0, 1]"),
         (out.layer_decay is None or 0 < out.layer_decay <= 1, "--layer-decay must be in (0, 1]"),
-        (out.val_limit is None or out.val_limit >= 1, "--val-limit must be at least 1"),
-        (out.max_steps_per_epoch is None or out.max_steps_per_epoch >= 1, "--max-steps-per-epoch must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -142,9 +93,10 @@ class _LossModule(nn.Module):
     def __init__(self, model: LSModel):
         super().__init__()
         self.model = model
+        self.loss = get_method(model.config.method).loss
 
     def forward(self, x, y, label_smoothing: float, generator):
-        return method_loss(self.model, x, y, label_smoothing=label_smoothing, generator=generator)
+        return self.loss(self.model, x, y, label_smoothing=label_smoothing, generator=generator)
 
 
 def _param_groups(model: LSModel, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -190,14 +142,14 @@ def _seed_epoch(seed: int, rank: int, epoch: int, generator: torch.Generator) ->
 
 
 @torch.no_grad()
-def accuracy(model: LSModel, directory: Path, split: str, *, size: int, task: str, batch_size: int,
+def accuracy(model: LSModel, dataset: Dataset, split: str, *, size: int, batch_size: int,
              device: torch.device, limit: int | None, workers: int) -> dict[str, float]:
     """Top-1 accuracy (classification) or pixel accuracy (segmentation), exact across ranks."""
     model.eval()
     correct = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
-    for x, y, _ in loader(directory, split, size=size, task=task, batch_size=batch_size, train=False, workers=workers):
+    for x, y, _ in loader(dataset, split, size=size, batch_size=batch_size, train=False, workers=workers):
         if limit is not None and seen >= limit:
             break
         x, y = x.to(device), y.to(device)
@@ -224,10 +176,10 @@ class TrainResult:
 def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, int], None] | None = None,
           log: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume) and return where the checkpoints are; see the module docstring."""
-    info = DatasetInfo.read(Path(cfg.data))
+    info = open_dataset(Path(cfg.data)).require_complete()
     cfg = resolve(cfg, info)
     for split in {cfg.train_split, cfg.val_split}:
-        verify_shards(Path(cfg.data), split)
+        info.verify(split)
     out = Path(cfg.out)
     rank, world, device = distributed.setup()
     torch.manual_seed(cfg.seed + rank)
@@ -306,8 +258,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
             _seed_epoch(cfg.seed, rank, epoch, generator)
             t0 = time.perf_counter()
             running, seen = 0.0, 0
-            batches = loader(Path(cfg.data), cfg.train_split, size=cfg.img_size, task=info.task,
-                             batch_size=cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed,
+            batches = loader(info, cfg.train_split, size=cfg.img_size, batch_size=cfg.batch_size, train=True,
+                             workers=cfg.workers, seed=cfg.seed,
                              epoch=epoch, shuffle_buffer=cfg.shuffle_buffer)
             # Ranks may hold different numbers of samples (shards are split by rank): DDP's Join lets
             # a rank that runs out early shadow the others' all-reduces instead of hanging.
@@ -342,8 +294,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
                         log_file.flush()
                     if progress:
                         progress(done, total_steps)
-            val = accuracy(model, Path(cfg.data), cfg.val_split, size=cfg.img_size, task=info.task,
-                           batch_size=cfg.batch_size, device=device, limit=cfg.val_limit, workers=cfg.workers)
+            val = accuracy(model, info, cfg.val_split, size=cfg.img_size, batch_size=cfg.batch_size, device=device,
+                           limit=cfg.val_limit, workers=cfg.workers)
             metrics = {"epoch": epoch, "train_loss": running / max(1, seen), "val_accuracy": val["accuracy"],
                        "val_count": val["count"], "epoch_seconds": time.perf_counter() - t0, **model.solver_stats()}
             if rank == 0:
@@ -365,7 +317,3 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
         if log_file:
             log_file.close()
     return TrainResult(out, best_path, last_path, cfg.epochs, metrics)
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]

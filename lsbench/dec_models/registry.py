@@ -1,19 +1,25 @@
-"""One registry for every ``{arch}_{method}`` model: ``create_model(name, num_classes, ...)``.
+"""One registry for every model name: ``create_model(name, num_classes, ...)``.
 
-``arch`` ∈ resnet, vit, deit, swin, beit, dinov2 (timm backbones; ``size`` tiny/small/base, plus
-``micro`` — a 2-block/1-block-per-stage version for CPU tests and demos); ``method`` ∈ base, aug,
-canon, invl, augl, dec (:mod:`.baselines` says what each does in training).  Canon and DEC adapt
-the backbone's layers with latent canonicalization (:mod:`.latent`); the others keep it plain.
+A name is ``{arch}_{method}`` — an architecture of :mod:`.archs` (resnet, vit, deit, swin, beit,
+dinov2: timm backbones; ``size`` micro/tiny/small/base) adapted by a method of :mod:`.methods`
+(base, aug, canon, invl, augl, dec) — or ``PREFIX:NAME`` of a registered family (``timm:NAME``,
+:mod:`.timm_plain`).  :func:`parse_name` is the one place a name is checked (with the closest
+names as a hint), :func:`create_model` the one place a model is built, in the spirit of timm's
+``create_model``/``list_models``: callers (training, evaluation, ``lsbench models``, the
+leaderboard) read names and defaults from here instead of keeping their own lists.
 
-Pretrained weights never come from the network: ``pretrained`` is ``None``/``"none"`` (random
-init), a local checkpoint file (timm/torch state dict, ``.pth``/``.bin``/``.safetensors``), or
-``"timm"`` for the local timm/Hugging Face cache (``~/.cache/huggingface/hub``).  A missing file
-is one :class:`~lsbench.errors.ConfigError` line saying which file to put where.
+Canon and DEC adapt the backbone's layers with latent canonicalization (:mod:`.latent`); the
+others keep it plain.  Pretrained weights never come from the network (:mod:`.weights`):
+``pretrained`` is ``None``/``"none"`` (random init), a local checkpoint file (timm/torch state dict,
+``.pth``/``.bin``/``.safetensors``), or ``"timm"`` for the local timm/Hugging Face cache
+(``~/.cache/huggingface/hub``).  A missing file is one :class:`~lsbench.errors.ConfigError` line
+saying which file to put where.
 """
 
 from __future__ import annotations
 
-import os
+import difflib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,71 +28,82 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from . import canonicalizer as C
+from . import timm_plain
+from .archs import SIZES, Arch, get_arch, list_archs
 from .dpt import DPTHead
 from .latent import adapted_layers, canonicalize_layers
+from .methods import get_method, list_methods, paper_defaults
+from .weights import apply_pretrained
 
-ARCHS = ("resnet", "vit", "deit", "swin", "beit", "dinov2")
-METHODS = ("base", "aug", "canon", "invl", "augl", "dec")
-SIZES = ("micro", "tiny", "small", "base")
+ARCHS = tuple(list_archs())  # the registered names, for callers that group by them (the leaderboard)
+METHODS = tuple(list_methods())
 TASKS = ("cls", "seg")
 
-_MICRO_TOKENS = {"depth": 2}
-# timm name and constructor overrides per (arch, size).  Sizes without a timm model of their own
-# (BEiT tiny/small, DINOv2 tiny) use the family's architecture at that width: random init only.
-BACKBONES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
-    "resnet": {
-        "micro": ("resnet10t", {}),
-        "tiny": ("resnet18", {}),
-        "small": ("resnet34", {}),
-        "base": ("resnet50", {}),
-    },
-    "vit": {
-        "micro": ("vit_tiny_patch16_224", _MICRO_TOKENS),
-        "tiny": ("vit_tiny_patch16_224", {}),
-        "small": ("vit_small_patch16_224", {}),
-        "base": ("vit_base_patch16_224", {}),
-    },
-    "deit": {
-        "micro": ("deit_tiny_patch16_224", _MICRO_TOKENS),
-        "tiny": ("deit_tiny_patch16_224", {}),
-        "small": ("deit_small_patch16_224", {}),
-        "base": ("deit_base_patch16_224", {}),
-    },
-    "swin": {
-        "micro": ("swin_tiny_patch4_window7_224", {"depths": (1, 1, 1, 1), "embed_dim": 32, "num_heads": (1, 2, 4, 8)}),
-        "tiny": ("swin_tiny_patch4_window7_224", {}),
-        "small": ("swin_small_patch4_window7_224", {}),
-        "base": ("swin_base_patch4_window7_224", {}),
-    },
-    "beit": {
-        "micro": ("beit_base_patch16_224", {"embed_dim": 96, "depth": 2, "num_heads": 3}),
-        "tiny": ("beit_base_patch16_224", {"embed_dim": 192, "num_heads": 3}),
-        "small": ("beit_base_patch16_224", {"embed_dim": 384, "num_heads": 6}),
-        "base": ("beit_base_patch16_224", {}),
-    },
-    "dinov2": {
-        "micro": ("vit_small_patch14_reg4_dinov2", {"embed_dim": 96, "depth": 2, "num_heads": 3}),
-        "tiny": ("vit_small_patch14_dinov2", {"embed_dim": 192, "num_heads": 3}),
-        "small": ("vit_small_patch14_dinov2", {}),
-        "base": ("vit_base_patch14_dinov2", {}),
-    },
-}
+
+@dataclass(frozen=True)
+class Family:
+    """Models named ``PREFIX:NAME`` rather than ``{arch}_{method}``: ``check(NAME)`` refuses an unknown
+    ``NAME`` (with a hint), ``create(NAME, num_classes, task=, pretrained=, **options)`` builds one;
+    ``options`` are the keyword options it takes."""
+
+    prefix: str
+    usage: str
+    summary: str
+    check: Callable[[str], None]
+    create: Callable[..., nn.Module]
+    options: tuple[str, ...] = ()
 
 
-def model_names() -> list[str]:
-    """All 36 ``{arch}_{method}`` names."""
-    return [f"{a}_{m}" for a in ARCHS for m in METHODS]
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    if family.prefix in _FAMILIES or "_" in family.prefix:
+        raise ValueError(f"family prefix {family.prefix!r} is taken or contains '_'")
+    _FAMILIES[family.prefix] = family
+    return family
+
+
+def get_family(prefix: str) -> Family:
+    if prefix not in _FAMILIES:
+        raise ConfigError(f"unknown model family {prefix!r}; registered: {', '.join(_FAMILIES)}")
+    return _FAMILIES[prefix]
+
+
+def list_families() -> list[str]:
+    return list(_FAMILIES)
+
+
+register_family(Family(timm_plain.PREFIX, timm_plain.USAGE, timm_plain.SUMMARY, timm_plain.check_name,
+                       timm_plain.create, options=("img_size",)))
+
+
+def list_models() -> list[str]:
+    """Every ``{arch}_{method}`` name (families such as ``timm:`` are open-ended: not listed)."""
+    return [f"{a}_{m}" for a in list_archs() for m in list_methods()]
 
 
 def parse_name(name: str) -> tuple[str, str]:
+    """Check a model name: ``{arch}_{method}`` → ``(arch, method)``; ``PREFIX:NAME`` of a registered
+    family → ``(PREFIX, NAME)``.  Anything else is one :class:`ConfigError` naming the closest names."""
+    prefix, colon, rest = name.partition(":")
+    if colon and prefix in _FAMILIES:
+        _FAMILIES[prefix].check(rest)
+        return prefix, rest
     arch, _, method = name.partition("_")
-    if arch not in ARCHS or method not in METHODS:
-        raise ConfigError(
-            f"unknown model {name!r}: use {{arch}}_{{method}} with arch in {', '.join(ARCHS)} "
-            f"and method in {', '.join(METHODS)} (`lsbench models` lists them)"
-        )
-    return arch, method
+    if arch in list_archs() and method in list_methods():
+        return arch, method
+    close = difflib.get_close_matches(name, list_models(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    families = "".join(f", or {_FAMILIES[p].usage}" for p in _FAMILIES)
+    raise ConfigError(
+        f"unknown model {name!r}{hint}: use {{arch}}_{{method}} with arch in {', '.join(list_archs())} "
+        f"and method in {', '.join(list_methods())}{families} (`lsbench models` lists them)"
+    )
+
+
+# A model records every field, also those its method does not read; those keep the paper's values.
+_PAPER = paper_defaults()
 
 
 @dataclass
@@ -102,13 +119,13 @@ class ModelConfig:
     grid: int = 4
     latent_mode: str = "equivariant"
     layers: list[str] | None = None
-    dec_backward: str = "implicit"
-    dec_solver: str = "anderson"
-    dec_max_iter: int = 20
-    dec_tol: float = 1e-3
-    canon_candidates: int = 64
-    aug_strength: float = 0.25
-    loss_weight: float = 1.0
+    dec_backward: str = _PAPER["dec_backward"]
+    dec_solver: str = _PAPER["dec_solver"]
+    dec_max_iter: int = _PAPER["dec_max_iter"]
+    dec_tol: float = _PAPER["dec_tol"]
+    canon_candidates: int = _PAPER["canon_candidates"]
+    aug_strength: float = _PAPER["aug_strength"]
+    loss_weight: float = _PAPER["loss_weight"]
     timm_name: str = ""
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -168,101 +185,11 @@ class LSModel(nn.Module):
         return {"deq_iterations": sum(its) / len(its), "deq_residual": sum(res) / len(res)}
 
 
-def _canonicalizer_factory(cfg: ModelConfig):
-    method = cfg.method
-    if method == "dec":
-        return lambda ch: C.DEC(
-            ch, grid=cfg.grid, backward=cfg.dec_backward, solver=cfg.dec_solver,
-            max_iter=cfg.dec_max_iter, tol=cfg.dec_tol,
-        )
-    if method == "canon":
-        return lambda ch: C.Canon(ch, grid=cfg.grid, num_candidates=cfg.canon_candidates)
-    return None
-
-
-def _timm_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+def _timm_kwargs(arch: Arch, cfg: ModelConfig) -> dict[str, Any]:
     kwargs = dict(cfg.timm_kwargs)
-    if cfg.arch != "resnet":
-        kwargs.setdefault("img_size", cfg.img_size)
-    if cfg.arch == "swin" and cfg.img_size != 224:
-        kwargs.setdefault("window_size", max(1, min(7, cfg.img_size // 32)))
+    for key, value in arch.input_kwargs(cfg.img_size).items():
+        kwargs.setdefault(key, value)
     return kwargs
-
-
-def _hub_cache() -> Path:
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    return Path(os.environ.get("HF_HUB_CACHE") or home / "hub")
-
-
-def _cached_weights(timm_name: str) -> Path:
-    """The weights file of ``timm_name``'s default pretrained tag in the local HF cache — looked up
-    locally only, never downloaded."""
-    from huggingface_hub import hf_hub_download
-    from timm.models import get_pretrained_cfg
-
-    repo = get_pretrained_cfg(timm_name).hf_hub_id
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        try:
-            return Path(hf_hub_download(repo, filename, local_files_only=True, cache_dir=_hub_cache()))
-        except Exception:  # noqa: BLE001 - not in the cache under this name
-            continue
-    raise ConfigError(
-        f"pretrained weights for {timm_name} are not in the local cache: put the Hugging Face repo {repo} "
-        f"(model.safetensors) at {_hub_cache() / ('models--' + repo.replace('/', '--'))}, "
-        "or pass --pretrained PATH to a checkpoint file, or --pretrained none"
-    )
-
-
-def read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise ConfigError(f"pretrained checkpoint {path} not found; pass an existing file or --pretrained none")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any reader failure means an unusable file
-        raise ConfigError(f"cannot read pretrained checkpoint {path} ({type(e).__name__}: {e})") from e
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path} does not hold a state dict")
-    return state
-
-
-def load_backbone_weights(backbone: nn.Module, state: dict[str, Tensor], source: str) -> int:
-    """Copy matching tensors (classifier heads of another size are skipped); returns the count."""
-    own = backbone.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if len(usable) < len(own) // 2:
-        raise ConfigError(
-            f"{source} matches only {len(usable)} of {len(own)} tensors of this backbone; "
-            "is it a checkpoint of the same timm architecture and size?"
-        )
-    backbone.load_state_dict(usable, strict=False)
-    return len(usable)
-
-
-def _apply_pretrained(backbone: nn.Module, cfg: ModelConfig, pretrained: str | Path | None) -> None:
-    import timm
-
-    if pretrained is None or str(pretrained).lower() == "none":
-        return
-    if str(pretrained).lower() == "timm":
-        if cfg.timm_kwargs.get("embed_dim") or cfg.size == "micro":
-            raise ConfigError(f"no published weights for {cfg.arch} size {cfg.size}; use --pretrained none")
-        path = _cached_weights(cfg.timm_name)
-        try:  # timm's own loader applies the model's checkpoint filter (e.g. position-embedding resize)
-            ref = timm.create_model(cfg.timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
-                                    num_classes=0, in_chans=cfg.in_chans, **_timm_kwargs(cfg))
-        except Exception as e:  # noqa: BLE001 - corrupt or mismatched file
-            raise ConfigError(f"cannot load the cached weights {path} ({type(e).__name__}: {e})") from e
-        load_backbone_weights(backbone, ref.state_dict(), f"the cached {cfg.timm_name}")
-        return
-    load_backbone_weights(backbone, read_state_dict(Path(pretrained)), str(pretrained))
 
 
 def create_model(
@@ -272,33 +199,45 @@ def create_model(
     size: str = "tiny",
     pretrained: str | Path | None = None,
     **options: Any,
-) -> LSModel:
-    """Build ``{arch}_{method}`` for ``num_classes`` classes; ``options`` are :class:`ModelConfig` fields
-    (``img_size``, ``in_chans``, ``grid``, ``latent_mode``, ``layers``, ``dec_backward``, ...)."""
+) -> LSModel | timm_plain.TimmModel:
+    """Build ``name`` for ``num_classes`` classes: an :class:`LSModel` for ``{arch}_{method}``, whose
+    ``options`` are :class:`ModelConfig` fields (``img_size``, ``in_chans``, ``grid``, ``latent_mode``,
+    ``layers``, ``dec_backward``, ...; unset ones take the method's defaults), or the family's model
+    for ``PREFIX:NAME`` (``size`` is for ``{arch}_{method}`` models only)."""
     import timm
 
-    arch, _ = parse_name(name)
+    head, tail = parse_name(name)
     if task not in TASKS:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if size not in SIZES:
         raise ConfigError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
     if num_classes < 1:
         raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
+    if head in _FAMILIES:
+        family = _FAMILIES[head]
+        unknown = set(options) - set(family.options)
+        if unknown:
+            raise ConfigError(f"{name} takes no {', '.join(sorted(unknown))}: it is {family.summary}")
+        return family.create(tail, num_classes, task=task, pretrained=pretrained, **options)
+    arch, method = get_arch(head), get_method(tail)
     unknown = set(options) - set(ModelConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"unknown model options: {', '.join(sorted(unknown))}")
-    timm_name, overrides = BACKBONES[arch][size]
-    cfg = ModelConfig(name=name, num_classes=num_classes, task=task, size=size, timm_name=timm_name, **options)
+    timm_name, overrides = arch.sizes[size]
+    cfg = ModelConfig(name=name, num_classes=num_classes, task=task, size=size, timm_name=timm_name,
+                      **{**method.defaults, **options})
     cfg.timm_kwargs = {**overrides, **cfg.timm_kwargs}
+    kwargs = _timm_kwargs(arch, cfg)
     backbone = timm.create_model(
-        timm_name, pretrained=False, num_classes=num_classes if task == "cls" else 0,
-        in_chans=cfg.in_chans, **_timm_kwargs(cfg),
+        timm_name, pretrained=False, num_classes=num_classes if task == "cls" else 0, in_chans=cfg.in_chans, **kwargs,
     )
-    _apply_pretrained(backbone, cfg, pretrained)
-    factory = _canonicalizer_factory(cfg)
-    if factory is not None:
-        cfg.layers = canonicalize_layers(backbone, arch, factory, layers=cfg.layers, mode=cfg.latent_mode)
-    head = None
+    unpublished = cfg.timm_kwargs.get("embed_dim") or size == "micro"
+    apply_pretrained(backbone, pretrained, timm_name=timm_name, timm_kwargs={"in_chans": cfg.in_chans, **kwargs},
+                     unpublished=f"{arch.name} size {size}" if unpublished else None)
+    if method.canonicalizer is not None:
+        cfg.layers = canonicalize_layers(backbone, arch.name, method.canonicalizer(cfg), layers=cfg.layers,
+                                         mode=cfg.latent_mode)
+    head_module = None
     if task == "seg":
         model = LSModel(backbone, cfg)
         backbone.eval()  # the probe must not touch BatchNorm statistics (nor need a batch > 1)
@@ -306,8 +245,8 @@ def create_model(
             probe = torch.zeros(1, cfg.in_chans, cfg.img_size, cfg.img_size)
             channels = [f.shape[1] for f in model.features(probe)]
         backbone.train()
-        head = DPTHead(channels, num_classes)
-    return LSModel(backbone, cfg, head)
+        head_module = DPTHead(channels, num_classes)
+    return LSModel(backbone, cfg, head_module)
 
 
 def model_from_config(config: dict[str, Any]) -> LSModel:

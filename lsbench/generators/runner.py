@@ -20,33 +20,40 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
-import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ..dataset import MANIFEST, new_manifest, read_manifest, split_entry
 from ..errors import ConfigError, DatasetError, Interrupted
-from ..shards import (
-    MANIFEST,
-    SHARD_RE,
-    TMP_MARK,
-    ShardRecord,
-    ShardSpec,
-    new_manifest,
-    plan_shards,
-    read_manifest,
-    remove_stale_temporaries,
-    sha256_file,
-    split_entry,
-    write_json_atomic,
-    write_shard,
-)
+from ..options import check_ranges, option
+from ..shards import SHARD_RE, ShardRecord, ShardSpec, plan_shards, remove_stale_temporaries, write_shard
+from ..util import TMP_MARK, sha256_file, write_json_atomic
 
 MakeShard = Callable[[ShardSpec], Iterable[dict[str, Any]]]
 Progress = Callable[[int, int], None]  # (samples finished, samples total) for this process
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a dataset is built, not what it holds (the generator's config says that): the same
+    for every generator.  ``shard_size`` ``None`` takes the generator's default (its config's
+    ``DEFAULT_SHARD_SIZE``); ``rank``/``world_size`` ``None`` read torchrun/SLURM variables."""
+
+    workers: int = option(1, help="Local worker processes (shards are split between them).", min=1)
+    shard_size: int | None = option(None, help="Samples per shard (rounded down to whole groups).", min=1)
+    overwrite: bool = option(False, help="Replace a different dataset already in --out.")
+    progress: Progress | None = option(None, cli=False)
+    log: Callable[[str], None] | None = option(None, cli=False)
+    rank: int | None = option(None, cli=False)
+    world_size: int | None = option(None, cli=False)
+
+    def checked(self, default_shard_size: int) -> RunOptions:
+        """These options with the generator's shard size filled in, ranges checked."""
+        run = self if self.shard_size is not None else replace(self, shard_size=default_shard_size)
+        check_ranges(run)
+        return run
 
 
 @dataclass(frozen=True)
@@ -68,12 +75,6 @@ class BuildResult:
     samples: int
     complete: bool  # the whole dataset is finished (always False for one rank of several)
     world_size: int = 1
-
-
-def split_rng(seed: int, split: str, *keys: int) -> np.random.Generator:
-    """The random stream of ``(seed, split, *keys)`` (e.g. a group's): what a sample draws never
-    depends on which worker or rank makes it.  ``split`` may name any stream ("objects", ...)."""
-    return np.random.default_rng([seed, zlib.crc32(split.encode()), *keys])
 
 
 def distributed_rank(env: dict[str, str] | None = None) -> tuple[int, int]:
@@ -146,17 +147,20 @@ def build(
     config: dict[str, Any],
     seed: int,
     splits: list[SplitPlan],
-    shard_size: int,
     make_shard: MakeShard,
-    workers: int = 1,
-    overwrite: bool = False,
-    rank: int | None = None,
-    world_size: int | None = None,
-    progress: Progress | None = None,
+    run: RunOptions,
+    extra: Callable[[], dict[str, Any]] | None = None,
 ) -> BuildResult:
-    """Generate (or finish) the dataset in ``out``; see the module docstring for the guarantees."""
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    """Generate (or finish) the dataset in ``out``; see the module docstring for the guarantees.
+
+    ``run.shard_size`` must be set (:meth:`RunOptions.checked`).  ``extra`` gives generator-specific
+    top-level manifest fields once every shard is done (e.g. the ImageNet generator's yield per
+    stage); they are written with the complete manifest of a single-rank run."""
+    if run.shard_size is None:
+        raise ConfigError("build() needs RunOptions.shard_size; use RunOptions.checked(default)")
+    check_ranges(run)
+    workers, shard_size, overwrite, progress = run.workers, run.shard_size, run.overwrite, run.progress
+    rank, world_size = run.rank, run.world_size
     if rank is None or world_size is None:
         rank, world_size = distributed_rank()
     out = Path(out)
@@ -215,6 +219,8 @@ def build(
             for plan in splits
         }
         manifest["complete"] = complete
+        if complete and world_size == 1 and extra is not None:
+            manifest.update(extra())
         write_json_atomic(manifest_path, manifest)
 
     total = sum(s.count for s in mine)

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ...shards import decode_image, encode_png, write_bytes_atomic
+from ...shards import decode_image, encode_png
+from ...util import write_bytes_atomic
 from .compose import Cutout
 
 

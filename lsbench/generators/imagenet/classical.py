@@ -7,15 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...errors import ConfigError
-from .stages import Box, Detection, Segmentation
-
-
-def _cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise ConfigError("the offline backends need OpenCV: pip install 'lsbench[imagenet]'") from None
-    return cv2
+from .opencv import import_cv2
+from .types import Box, Detection, Segmentation
 
 
 def _clip_box(box: Box, width: int, height: int) -> Box:
@@ -63,7 +56,7 @@ class BoxPriorDetector:
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep the largest 8-connected component of a bool mask, with its holes filled."""
-    cv2 = _cv2()
+    cv2 = import_cv2()
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 1:
         return mask.astype(bool)
@@ -92,7 +85,7 @@ class GrabCutSegmenter:
         self.work_side = work_side
 
     def _one(self, image: np.ndarray, box: Box) -> Segmentation:
-        cv2 = _cv2()
+        cv2 = import_cv2()
         h, w = image.shape[:2]
         ratio = min(1.0, self.work_side / max(h, w))
         small = image
@@ -132,7 +125,7 @@ class OpenCVInpainter:
         self.radius = radius
 
     def inpaint(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[np.ndarray]:
-        cv2 = _cv2()
+        cv2 = import_cv2()
         out = []
         for image, mask in zip(images, masks):
             filled = cv2.inpaint(image, mask.astype(np.uint8) * 255, self.radius, cv2.INPAINT_TELEA)

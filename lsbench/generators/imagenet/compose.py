@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .classical import _cv2
-from .stages import Box
+from .opencv import import_cv2
+from .types import Box
 
 ANCHORS = ("centre", "bottom")
 
@@ -83,7 +83,7 @@ def paste(background: np.ndarray, cutout: Cutout, scale: float, anchor: tuple[fl
     so a group's reference is composed exactly like its variants.  ``feather`` = 0 gives a hard
     (binary) edge.
     """
-    cv2 = _cv2()
+    cv2 = import_cv2()
     H, W = background.shape[:2]
     h, w = cutout.alpha.shape
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))

@@ -42,7 +42,7 @@ import torch
 
 from ...errors import ConfigError, LsbenchError
 from .cache import file_fingerprint
-from .stages import Box, Detection, Segmentation
+from .types import Box, Detection, Segmentation
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -1,5 +1,7 @@
 """``lsbench generate imagenet``: source photos → stage outputs (cached) → scaled variants → shards.
 
+The options and their checks are in :mod:`.config`.
+
 Per source photo (batched through the stages, see :mod:`.stages`): decode → detect the class
 (prompt = class name) → segment in the box → reject unusable photos (nothing detected, mask
 < ``min_mask`` or > ``max_mask`` of the photo, < ``min_in_box`` of the mask inside the box) →
@@ -22,20 +24,23 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ...errors import ConfigError, DataError
-from ...shards import MANIFEST, ShardSpec, encode_png, read_manifest, write_bytes_atomic, write_json_atomic
-from ..runner import BuildResult, Progress, SplitPlan, build, split_rng
+from ...dataset import read_manifest
+from ...errors import DataError
+from ...shards import ShardSpec, encode_png, plan_shards
+from ...util import split_rng, write_bytes_atomic, write_json_atomic
+from ..runner import BuildResult, RunOptions, SplitPlan, build
 from . import compose
-from .cache import Outcome, Prepared, Rejection, StageCache, cache_key, file_fingerprint
-from .classical import _cv2
+from .cache import Outcome, Prepared, Rejection, StageCache, cache_key
+from .config import ImagenetConfig, check_config
+from .opencv import import_cv2
 from .sources import (
     PhotoError,
     SourcePhoto,
@@ -46,141 +51,10 @@ from .sources import (
     read_photo_bytes,
     scan,
 )
-from .stages import DETECTORS, INPAINTERS, SEGMENTERS, build_detector, build_inpainter, build_segmenter
+from .stages import build_detector, build_inpainter, build_segmenter
 
-PAPER_SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 REJECTIONS = "rejections.jsonl"
 REJECTION_DIR = "rejections"  # one log per shard, joined into rejections.jsonl at the end
-CHECKPOINT_OPTIONS = {
-    "gdino": ("gdino_checkpoint", "--gdino-checkpoint", "--detector annotation or --detector prior"),
-    "sam": ("sam_checkpoint", "--sam-checkpoint", "--segmenter grabcut"),
-    "lama": ("lama_checkpoint", "--lama-checkpoint", "--inpainter opencv"),
-}
-
-
-@dataclass(frozen=True)
-class ImagenetConfig:
-    """Everything that defines the dataset (``identity``) plus how to run it (device, batch, cache)."""
-
-    src: str | None = None
-    demo: bool = False
-    boxes: str | None = None
-    train: int = 10000
-    test: int = 50000
-    scales: tuple[float, ...] = PAPER_SCALES
-    scale_range: tuple[float, float] = (0.7, 1.3)
-    detector: str = "gdino"
-    segmenter: str = "sam"
-    inpainter: str = "lama"
-    gdino_checkpoint: str | None = None
-    gdino_config: str | None = None
-    text_encoder: str | None = None
-    sam_checkpoint: str | None = None
-    sam_type: str = "vit_h"
-    lama_checkpoint: str | None = None
-    box_threshold: float = 0.35
-    text_threshold: float = 0.25
-    prior_fraction: float = 0.6
-    min_mask: float = 0.01
-    max_mask: float = 0.7
-    min_in_box: float = 0.8
-    dilate: int = 15
-    feather: float = 1.0
-    anchor: str = "centre"
-    max_side: int = 512
-    image_format: str = "jpg"
-    jpeg_quality: int = 95
-    max_attempts: int = 20
-    seed: int = 0
-    source_digest: str = ""
-    # How to run, not what to make: excluded from the identity.
-    device: str = "cpu"
-    batch_size: int = 8
-    fp16: bool = True
-    cache_dir: str = ""
-    out: str = ""
-
-    # Where the photos live is not what they are: the dataset is identified by ``source_digest``
-    # (the listing), so a moved source tree still resumes.
-    RUN_FIELDS = ("src", "boxes", "device", "batch_size", "fp16", "cache_dir", "out")
-
-    def identity(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in self.RUN_FIELDS:
-            d.pop(k)
-        d["scales"], d["scale_range"] = list(self.scales), list(self.scale_range)
-        return d
-
-    @property
-    def group_size(self) -> int:
-        return len(self.scales)
-
-    def backend_options(self) -> dict[str, Any]:
-        keys = ("gdino_checkpoint", "gdino_config", "text_encoder", "sam_checkpoint", "sam_type", "lama_checkpoint",
-                "box_threshold", "text_threshold", "prior_fraction", "device", "batch_size", "fp16")
-        return {k: getattr(self, k) for k in keys}
-
-    def stage_settings(self) -> dict[str, Any]:
-        """What a cached stage output depends on (besides the photo's bytes and class)."""
-        ckpts = {}
-        for name in (self.detector, self.segmenter, self.inpainter):
-            if name in CHECKPOINT_OPTIONS:
-                ckpts[name] = file_fingerprint(getattr(self, CHECKPOINT_OPTIONS[name][0]))
-        if self.detector == "gdino" and self.text_encoder:  # the tokenizer shapes the detections too
-            ckpts["text_encoder"] = file_fingerprint(self.text_encoder)
-        keys = ("detector", "segmenter", "inpainter", "gdino_config", "text_encoder", "sam_type", "box_threshold",
-                "text_threshold", "prior_fraction", "min_mask", "max_mask", "min_in_box", "dilate", "max_side")
-        half = self.fp16 and self.device.startswith("cuda") and {self.detector, self.segmenter} & {"gdino", "sam"}
-        return {k: getattr(self, k) for k in keys} | {"checkpoints": ckpts, "half": bool(half), "v": 1}
-
-
-def check_config(cfg: ImagenetConfig) -> None:
-    """Every option problem as one line, before any work starts."""
-    if cfg.train < 0 or cfg.test < 0 or cfg.train + cfg.test == 0:
-        raise ConfigError("--train and --test must be ≥ 0 and not both 0")
-    if not cfg.scales or any(not 0.1 <= s <= 4 for s in cfg.scales):
-        raise ConfigError(f"--scales must be factors in [0.1, 4], got {list(cfg.scales)}")
-    if sorted(set(cfg.scales)) != sorted(cfg.scales):
-        raise ConfigError(f"--scales has repeated values: {list(cfg.scales)}")
-    if 1.0 not in cfg.scales:
-        raise ConfigError("--scales must contain 1.0: that variant is each test group's reference")
-    if cfg.test % cfg.group_size:
-        raise ConfigError(f"--test counts images and must be a multiple of {cfg.group_size} (one group per photo)")
-    if cfg.train > 0 and cfg.scale_range[0] == cfg.scale_range[1] == 1.0:
-        raise ConfigError("--scale-range 1 1 would make every train image unscaled; widen it")
-    lo, hi = cfg.scale_range
-    if not 0.1 <= lo <= hi <= 4:
-        raise ConfigError(f"--scale-range must satisfy 0.1 ≤ min ≤ max ≤ 4, got {lo}, {hi}")
-    for what, name, names in (("detector", cfg.detector, DETECTORS), ("segmenter", cfg.segmenter, SEGMENTERS),
-                              ("inpainter", cfg.inpainter, INPAINTERS)):
-        if name not in names:
-            raise ConfigError(f"unknown --{what} {name!r}; choose one of {', '.join(names)}")
-    for name in (cfg.detector, cfg.segmenter, cfg.inpainter):
-        if name in CHECKPOINT_OPTIONS:
-            attr, flag, alternative = CHECKPOINT_OPTIONS[name]
-            path = getattr(cfg, attr)
-            if not path:
-                raise ConfigError(
-                    f"the {name} backend needs {flag} (a local file; nothing is downloaded), or use {alternative}"
-                )
-            if not Path(path).exists():
-                raise ConfigError(
-                    f"{flag} {path} does not exist; put the checkpoint there or use {alternative} (offline)"
-                )
-    if cfg.detector == "gdino" and cfg.text_encoder and not Path(cfg.text_encoder).is_dir():
-        raise ConfigError(f"--text-encoder {cfg.text_encoder} is not a folder (a local bert-base-uncased)")
-    if not 0 <= cfg.min_mask < cfg.max_mask <= 1:
-        raise ConfigError("--min-mask and --max-mask must satisfy 0 ≤ min < max ≤ 1 (fractions of the photo)")
-    if not 0 <= cfg.min_in_box <= 1:
-        raise ConfigError("--min-in-box must be in [0, 1]")
-    if cfg.anchor not in compose.ANCHORS:
-        raise ConfigError(f"--anchor must be one of {', '.join(compose.ANCHORS)}")
-    if cfg.image_format not in ("jpg", "png"):
-        raise ConfigError("--format must be jpg or png")
-    if cfg.max_side < 64:
-        raise ConfigError("--max-side must be at least 64 px")
-    if cfg.batch_size < 1 or cfg.max_attempts < 1 or cfg.dilate < 0 or cfg.feather < 0:
-        raise ConfigError("--batch-size and --max-attempts must be ≥ 1, --dilate and --feather ≥ 0")
 
 
 # ---------------------------------------------------------------- per-process state
@@ -221,7 +95,7 @@ def stages_for(cfg: ImagenetConfig) -> Stages:
 def _dilate(mask: np.ndarray, px: int) -> np.ndarray:
     if px <= 0:
         return mask
-    cv2 = _cv2()  # one line naming the extra if OpenCV is missing, also with the learned backends
+    cv2 = import_cv2()  # one line naming the extra if OpenCV is missing, also with the learned backends
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
     return cv2.dilate(mask.astype(np.uint8), kernel) > 0
 
@@ -480,14 +354,17 @@ def split_groups(cfg: ImagenetConfig) -> dict[str, int]:
 # ---------------------------------------------------------------- generate
 
 
-def summarize_rejections(out: Path) -> dict[str, Any]:
-    """Join the per-shard logs of the manifest's shards into ``rejections.jsonl``; yield per split and stage.
+def summarize_rejections(out: Path, shard_names: Iterable[str] | None = None) -> dict[str, Any]:
+    """Join the per-shard logs of the dataset's shards into ``rejections.jsonl``; yield per split and stage.
 
-    Logs of shards the manifest does not list (left by an earlier run with another shard size) are
-    ignored: they would count their photos twice."""
+    ``shard_names`` are the dataset's shard files (default: those the manifest in ``out`` lists).
+    Logs of other shards (left by an earlier run with another shard size) are ignored: they would
+    count their photos twice."""
     out = Path(out)
-    listed = {rec["name"].removesuffix(".tar") for entry in read_manifest(out)["splits"].values()
-              for rec in entry.get("shards", [])}
+    if shard_names is None:
+        shard_names = [rec["name"] for entry in read_manifest(out)["splits"].values()
+                       for rec in entry.get("shards", [])]
+    listed = {name.removesuffix(".tar") for name in shard_names}
     logs = sorted(p for p in (out / REJECTION_DIR).glob("*.json") if p.stem in listed)
     summary: dict[str, Any] = {}
     lines = []
@@ -505,46 +382,23 @@ def summarize_rejections(out: Path) -> dict[str, Any]:
     return summary
 
 
-def generate(
-    out: Path,
-    *,
-    src: Path | None = None,
-    demo: bool = False,
-    boxes: Path | None = None,
-    train: int = 10000,
-    test: int = 50000,
-    scales: tuple[float, ...] = PAPER_SCALES,
-    scale_range: tuple[float, float] = (0.7, 1.3),
-    cache_dir: Path | None = None,
-    workers: int = 1,
-    shard_size: int = 1000,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-    log=None,
-    **options: Any,
-) -> BuildResult:
+def generate(config: ImagenetConfig, out: Path, run: RunOptions | None = None) -> BuildResult:
     """Generate locally scaled ImageNet into ``out`` (resumes an unfinished identical run).
 
-    ``options`` are the remaining :class:`ImagenetConfig` fields (backends, checkpoints,
-    thresholds, ``device``, ``batch_size``...).  ``log`` receives one-line notices.
+    ``config.offline`` is applied first (:meth:`ImagenetConfig.resolved`); a ``test`` count that is
+    not whole groups is rounded down (with a notice).  ``run.log`` receives one-line notices.
     """
-    if (src is None) == (not demo):
-        raise ConfigError("pass --src with an ImageNet/ImageFolder tree, or --demo for the bundled photos")
-    if shard_size < 1:
-        raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
-    unknown = set(options) - set(ImagenetConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown options: {sorted(unknown)}")
+    run = (run or RunOptions()).checked(ImagenetConfig.DEFAULT_SHARD_SIZE)
+    log = run.log
     out = Path(out)
-    asked, group_size = test, len(scales)
-    if test % group_size and test > group_size:
-        test -= test % group_size
-    cfg = ImagenetConfig(
-        src=None if src is None else str(Path(src).resolve()), demo=demo,
-        boxes=None if boxes is None else str(Path(boxes).resolve()), train=train, test=test,
-        scales=tuple(float(s) for s in scales), scale_range=(float(scale_range[0]), float(scale_range[1])),
-        cache_dir=str(Path(cache_dir).resolve()) if cache_dir else str((out / "cache").resolve()),
-        out=str(out.resolve()), **options,
+    cfg = config.resolved()
+    asked, group_size = cfg.test, len(cfg.scales)
+    test = asked - asked % group_size if group_size and asked % group_size and asked > group_size else asked
+    cfg = replace(
+        cfg, src=None if cfg.src is None else Path(cfg.src).resolve(),
+        boxes=None if cfg.boxes is None else Path(cfg.boxes).resolve(), test=test,
+        scales=tuple(float(s) for s in cfg.scales), scale_range=(float(cfg.scale_range[0]), float(cfg.scale_range[1])),
+        cache_dir=Path(cfg.cache_dir).resolve() if cfg.cache_dir else (out / "cache").resolve(), out=out.resolve(),
     )
     check_config(cfg)
     _sources.cache_clear()  # a library caller may have added photos since the last call
@@ -553,38 +407,41 @@ def generate(
     if asked != test and log is not None:
         log(f"--test {asked:,} rounded down to {test:,} images (whole groups of {group_size})")
     digests = []
-    for split, count in (("train", train), ("test", test)):
+    for split, count in (("train", cfg.train), ("test", cfg.test)):
         if count:
             sources = sources_for(cfg, split)
             digests.append(sources.digest())
             if log is not None and split == "train":
                 log(f"{split} sources: {sources.num_photos} photos in {len(sources.by_label)} classes "
                     f"({sources.layout} layout)")
-    if demo and log is not None:
+    if cfg.demo and log is not None:
         log("using the photos bundled with scikit-image and matplotlib (--demo): train and test draw from the "
             "same few photos; pass --src for ImageNet")
     cfg = replace(cfg, source_digest=",".join(digests))
-    splits = [SplitPlan("train", train), SplitPlan("test", test, cfg.group_size, grouped=True)]
-    identity = cfg.identity() | {"num_classes": sources_for(cfg, "test" if test else "train").num_classes,
+    splits = [SplitPlan("train", cfg.train), SplitPlan("test", cfg.test, cfg.group_size, grouped=True)]
+    # The shards of the complete dataset (the manifest on disk lists them only once it is written).
+    shard_names = [spec.name for plan in splits
+                   for spec in plan_shards(plan.name, plan.num_samples, run.shard_size, plan.group_size)]
+    identity = cfg.identity() | {"num_classes": sources_for(cfg, "test" if cfg.test else "train").num_classes,
                                  "task": "cls"}
-    if overwrite:
+    if run.overwrite:
         shutil.rmtree(out / REJECTION_DIR, ignore_errors=True)
         (out / REJECTIONS).unlink(missing_ok=True)
+
+    def extra() -> dict[str, Any]:
+        """The yield per split and stage, and where the photos came from: written with the complete manifest."""
+        return {
+            "yield": summarize_rejections(out, shard_names),
+            "source": {"root": str(cfg.src) if cfg.src else "(bundled demo photos)",
+                       "boxes": None if cfg.boxes is None else str(cfg.boxes), "digest": cfg.source_digest},
+        }
+
     # Models load lazily, at the first photo not in the cache; a checkpoint that fails to load then
     # is a ConfigError, after which build() leaves nothing behind in a folder this run created.
-    result = build(
-        out, name="imagenet-ls" if not demo else "imagenet-ls-demo", generator="imagenet", config=identity,
-        seed=cfg.seed, splits=splits, shard_size=shard_size, make_shard=functools.partial(make_shard, cfg),
-        workers=workers, overwrite=overwrite, progress=progress,
+    return build(
+        out, name="imagenet-ls" if not cfg.demo else "imagenet-ls-demo", generator="imagenet", config=identity,
+        seed=cfg.seed, splits=splits, make_shard=functools.partial(make_shard, cfg), run=run, extra=extra,
     )
-    if result.complete:
-        summary = summarize_rejections(out)
-        manifest = read_manifest(out)
-        manifest["yield"] = summary
-        manifest["source"] = {"root": cfg.src or "(bundled demo photos)", "boxes": cfg.boxes,
-                              "digest": cfg.source_digest}
-        write_json_atomic(out / MANIFEST, manifest)
-    return result
 
 
 def rejection_summary_line(out: Path) -> str | None:

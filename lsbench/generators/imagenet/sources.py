@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ...errors import ConfigError
 from .classes import WNID_RE, by_wnid
-from .stages import Box
+from .types import Box
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TEST_FRACTION = 0.2  # ImageFolder without train/val: share of each class that becomes test sources

@@ -1,8 +1,8 @@
-"""The four stages of the ImageNet pipeline behind one small interface each, and their registry.
+"""The registry of the ImageNet pipeline's stage backends: their names and factories.
 
-A stage works on a *batch* of source photos so learned backends can run batched on a GPU; the
-classical backends simply loop.  Images are ``(H, W, 3)`` uint8 RGB arrays of any size (photos
-in a batch differ in size); boxes are ``(x0, y0, x1, y1)`` in pixels, x1/y1 exclusive.
+The interfaces and data types are in :mod:`.types`; the backends in :mod:`.classical` and
+:mod:`.learned`, imported here only when one is built (so this registry imports no backend at
+module level, and the backends import only :mod:`.types`).
 
 =============  ===========================================  =====================================
 stage          learned backend (local checkpoints)          offline backends
@@ -13,66 +13,14 @@ detect         ``gdino``: GroundingDINO, prompt = class      ``annotation``: the
 segment        ``sam``: SAM with the box as prompt           ``grabcut``: OpenCV GrabCut in the box
 inpaint        ``lama``: TorchScript big-lama.pt             ``opencv``: OpenCV Telea inpainting
 =============  ===========================================  =====================================
-
-Every backend records its name (``backend``) so each sample says which one produced it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from ...errors import ConfigError
-
-Box = tuple[float, float, float, float]
-
-
-@dataclass(frozen=True)
-class Detection:
-    """The object's box in pixels ``(x0, y0, x1, y1)`` and the detector's confidence in [0, 1]."""
-
-    box: Box
-    score: float
-    backend: str
-
-
-@dataclass(frozen=True)
-class Segmentation:
-    """The object's mask, ``(H, W)`` bool, and the segmenter's quality score (higher is better)."""
-
-    mask: np.ndarray
-    score: float
-    backend: str
-
-
-class Detector(Protocol):
-    name: str
-
-    def detect(
-        self, images: Sequence[np.ndarray], prompts: Sequence[str], annotations: Sequence[list[Box] | None]
-    ) -> list[Detection | None]:
-        """One detection (the best) per image, ``None`` where nothing passes the thresholds.
-
-        ``prompts`` are the class names; ``annotations`` the dataset's boxes for the photo, if any.
-        """
-
-
-class Segmenter(Protocol):
-    name: str
-
-    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[Box]) -> list[Segmentation]:
-        """One mask per image, prompted by its box."""
-
-
-class Inpainter(Protocol):
-    name: str
-
-    def inpaint(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Fill ``masks`` (``(H, W)`` bool, True = remove) in each image; returns ``(H, W, 3)`` uint8."""
-
+from .types import Detector, Inpainter, Segmenter
 
 DETECTORS = ("gdino", "annotation", "prior")
 SEGMENTERS = ("sam", "grabcut")

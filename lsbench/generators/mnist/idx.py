@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
 
-ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "mnist"
+ASSET_DIR = Path(__file__).resolve().parents[2] / "assets" / "mnist"
 PREFIX = {"train": "train", "test": "t10k"}
 _MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 

@@ -1,0 +1,78 @@
+"""The configs of ``lsbench train`` and ``lsbench evaluate``: the Python API's objects, and the CLI's options.
+
+Kept apart from the code that runs them so the command line can build its options without
+importing torch (``lsbench --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..dec_models.archs import SIZES
+from ..options import option
+
+
+@dataclass
+class TrainConfig:
+    """One training run; ``None`` fields take the dataset's paper default (:func:`paper_defaults`).
+
+    The fields are the options of ``lsbench train`` (derived from them); the whole config is stored
+    in every checkpoint and in ``config.json``.
+    """
+
+    model: str = option(help="{arch}_{method}, e.g. swin_dec (see `lsbench models`).", short="-m")
+    data: str = option(help="Dataset folder (made by `lsbench generate`).", short="-d")
+    out: str = option(help="Run folder: last.pt, best.pt, log.jsonl, config.json.", short="-o")
+    size: str = option("tiny", help="Backbone size.", choices=SIZES)
+    img_size: int | None = option(None, help="Model input size (images are resized).", min=1)
+    pretrained: str | None = option(None, help="Checkpoint file, 'timm' (local cache) or 'none'.")
+    epochs: int | None = option(None, help="Default: the paper's for this dataset.", min=1)
+    batch_size: int | None = option(None, help="Default: the paper's for this dataset.", min=1)
+    lr: float | None = option(None, help="Peak learning rate (AdamW).")
+    weight_decay: float | None = option(None, help="AdamW weight decay.")
+    warmup_epochs: float | None = option(None, help="Linear warmup, in epochs.", min=0)
+    scheduler: str | None = option(None, help="Learning-rate schedule after warmup.", choices=("cosine", "constant"))
+    label_smoothing: float | None = option(None, help="Label smoothing of the task loss, in [0, 1).")
+    mixup: float | None = option(None, help="Mixup/CutMix alpha (classification; 0 = off).")
+    random_erase: float | None = option(None, help="Random-erasing probability.", min=0, max=1)
+    layer_decay: float | None = option(None, help="timm's layer-wise learning-rate decay, in (0, 1].")
+    grad_clip: float | None = option(5.0, help="Clip the gradient norm to this.")
+    train_split: str = option("train", help="Split to train on.")
+    val_split: str = option("test", help="Split to validate on after every epoch.")
+    val_limit: int | None = option(2000, help="Validation samples per epoch.", min=1)
+    max_steps_per_epoch: int | None = option(None, help="Cap steps per epoch (quick runs).", min=1)
+    workers: int = option(2, help="DataLoader workers.", min=0)
+    seed: int = option(0, help="Seed of the weights, data order and augmentations.")
+    amp: bool = option(True, help="Mixed precision on CUDA (--no-amp: full float32).")
+    shuffle_buffer: int = option(1000, help="Samples in the shuffle buffer.", min=1)
+    log_every: int = option(10, help="Write log.jsonl every N steps.", min=1)
+    grid: int = option(4, help="Monotone-scaling grid cells per axis.", min=1)
+    latent_mode: str = option(
+        "equivariant", help="Adapted layers: equivariant or invariant.", choices=("equivariant", "invariant")
+    )
+    dec_backward: str = option(
+        "implicit", help="DEC backward: implicit or phantom (the paper code's).", choices=("implicit", "phantom")
+    )
+    aug_strength: float = option(0.25, help="Strength of Ω for aug/invl/augl.", min=0)
+    loss_weight: float = option(1.0, help="Weight of the extra loss of invl/augl.", min=0)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """One evaluation: a model on a dataset split.  The fields are the options of ``lsbench evaluate``."""
+
+    model: str = option(help="{arch}_{method} (with --checkpoint) or timm:NAME.", short="-m")
+    data: Path = option(help="Dataset folder.", short="-d")
+    checkpoint: Path | None = option(None, help="best.pt/last.pt from `lsbench train`.", short="-c")
+    split: str = option("test", help="Split to evaluate.")
+    out: Path | None = option(None, help="Folder for the result JSON (None: write none).", short="-o")
+    batch_size: int = option(64, help="Images per forward.", min=1)
+    limit: int | None = option(None, help="Evaluate only the first N samples (quick looks).", min=1)
+    workers: int | None = option(None, help="DataLoader workers (default: 0 on CPU, up to 8 with CUDA).", min=0)
+    img_size: int | None = option(None, help="Input size (default: the model's).", min=1)
+    eque_draws: int = option(4, help="Scalings Φ~Ω per image for EquE (segmentation).", min=0)
+    eque_strength: float = option(0.25, help="Strength of Ω for EquE.", min=0)
+    skip_corrupt: bool = option(False, help="Skip corrupt shards (named in the output) instead of stopping.")
+    amp: bool = option(True, help="Mixed precision on CUDA (--no-amp: full float32).")
+    seed: int = option(0, help="Seed of the EquE draws.")

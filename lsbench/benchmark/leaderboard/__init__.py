@@ -1,0 +1,85 @@
+"""The leaderboard: result JSON files → per-dataset markdown, a static sortable HTML page and plots.
+
+It only *reads* results, through :mod:`lsbench.benchmark.results` (which never imports it back):
+``build(results_dir, out_dir)`` loads and validates every ``*.json`` under ``results_dir``
+(recursively), groups them into one table per (dataset name, split) (:mod:`.tables`; a table ranks
+results of one dataset manifest only), makes the rows — ours and the paper's (:mod:`.rows`,
+:mod:`.paper`) — and the columns (:mod:`.columns`), and renders them (:mod:`.plots`,
+:mod:`.html`, :mod:`.markdown`).  Everything is checked before anything is written, so a refused
+build leaves no half-written site.
+
+Site layout::
+
+    out/index.html                      links to every table
+    out/{slug}/index.html               the table (inline CSS + JS, click a header to sort,
+                                        ``index.html?sort=<key>&dir=asc|desc`` sorts on load)
+    out/{slug}/leaderboard.md           the same table in markdown
+    out/{slug}/plots/NN-{model}-acc.png       per-scale accuracy, one per result (if it has any)
+    out/{slug}/plots/NN-{model}-pcorrect.png  P(correct class) per scale, one per result (if any)
+
+``slug`` is ``{dataset name}-{split}`` reduced to ``[A-Za-z0-9._-]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..results import ResultError, load_results, one_line
+from .columns import columns
+from .html import index_html, table_html
+from .markdown import table_markdown
+from .paper import KINDS, PAPER_PATH, load_paper, paper_row, paper_tables
+from .plots import clear_plots, plot_row
+from .rows import Row, arch_method, by_primary, our_row
+from .tables import LeaderboardError, Table, group_results
+
+__all__ = ["KINDS", "PAPER_PATH", "LeaderboardError", "arch_method", "build", "load_paper", "table_rows"]
+
+
+def table_rows(table: Table) -> list[Row]:
+    """Our rows (best first), then the paper's reference rows (per paper table, best first)."""
+    rows = by_primary(our_row(r) for r in table.results)
+    for ptable in paper_tables(table):
+        rows += by_primary(paper_row(entry, ptable) for entry in ptable["rows"])
+    return rows
+
+
+def write_table(table: Table, out_dir: Path) -> tuple[Path, Row | None]:
+    """Write one dataset folder; returns it and our best row."""
+    folder = out_dir / table.slug
+    clear_plots(folder / "plots")
+    rows = table_rows(table)
+    ours = [row for row in rows if not row.paper]
+    for rank, row in enumerate(ours, 1):
+        row.plots = plot_row(row, rank, rows, folder / "plots")
+    cols = columns(table, rows)
+    (folder / "index.html").write_text(table_html(table, rows, cols), encoding="utf-8")
+    (folder / "leaderboard.md").write_text(table_markdown(table, rows, cols), encoding="utf-8")
+    best = ours[0] if ours and ours[0].values.get("primary") is not None else None
+    return folder, best
+
+
+def build(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Build the site from ``results_dir`` into ``out_dir``; returns the dataset folders written.
+
+    Raises :class:`LeaderboardError` (one line) for a missing/empty results folder, a file that is not
+    JSON or not a valid result, results of one table computed on different datasets, or an unwritable
+    ``out_dir``.  Nothing is written unless every input is valid.
+    """
+    try:
+        results = load_results(Path(results_dir))
+    except ResultError as e:  # the same line, as the leaderboard's error
+        raise LeaderboardError(str(e)) from None
+    tables = group_results(results)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written, best = [], {}
+        for table in tables:
+            folder, best[table.slug] = write_table(table, out_dir)
+            written.append(folder)
+        (out_dir / "index.html").write_text(index_html(tables, best), encoding="utf-8")
+    except OSError as e:
+        problem = f"{e.strerror or e} ({e.filename})"
+        raise LeaderboardError(one_line(f"cannot write the site to {out_dir}: {problem}")) from None
+    return written
