@@ -35,9 +35,6 @@ def option(
     choices: Sequence[Any] | None = None,
     cli: bool = True,
     parse: Callable[[str], Any] | None = None,
-    metavar: str | None = None,
-    show_default: bool | str = True,
-    default_factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A dataclass field with its command-line declaration.
 
@@ -49,10 +46,7 @@ def option(
     metadata = {
         "help": help, "flag": flag, "short": short, "min": min, "max": max,
         "choices": tuple(choices) if choices is not None else None, "cli": cli, "parse": parse,
-        "metavar": metavar, "show_default": show_default,
     }
-    if default_factory is not None:
-        return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 

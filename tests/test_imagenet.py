@@ -954,6 +954,7 @@ def test_max_attempts_error_points_to_a_log_of_the_rejections(tmp_path):
         (dict(scales=(0.7, 1.0, 1.0, 1.3)), ["--scales has repeated values"]),
         (dict(scales=(0.05, 1.0)), ["--scales must be factors in [0.1, 4]"]),
         (dict(anchor="top"), ["--anchor must be one of centre, bottom"]),
+        (dict(prior_fraction=2.0), ["--prior-fraction must be 0.05–1"]),
         (dict(segmenter="sam"), ["--sam-checkpoint", "--segmenter grabcut"]),
         (dict(segmenter="sam", sam_checkpoint="/no/sam.pth"), ["/no/sam.pth does not exist", "--segmenter grabcut"]),
         (dict(inpainter="lama"), ["--lama-checkpoint", "--inpainter opencv"]),

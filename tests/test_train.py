@@ -294,3 +294,18 @@ def test_cli_trains_a_dec_model(cli, mnist_ls, tmp_path):
     assert ckpt["model_config"]["dec_backward"] == "implicit"
     _, epochs = read_log(out)
     assert len(epochs) == 1 and "deq_iterations" in epochs[0]
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("resnet_dec", (0.25, 1.0, "implicit")), ("resnet_invl", (0.25, 1.0, "implicit")),
+])
+def test_unset_method_options_take_the_registered_defaults(mnist_ls, tmp_path, model, expected):
+    """``None`` means "the method's default": the resolved run records the registry's values."""
+    from lsbench.benchmark.train import resolve
+    from lsbench.dataset import open_dataset
+
+    info = open_dataset(mnist_ls)
+    got = resolve(config(mnist_ls, tmp_path / "run", model=model), info)
+    assert (got.aug_strength, got.loss_weight, got.dec_backward) == expected
+    mine = resolve(config(mnist_ls, tmp_path / "run", model=model, aug_strength=0.1, dec_backward="phantom"), info)
+    assert (mine.aug_strength, mine.dec_backward) == (0.1, "phantom")

@@ -51,11 +51,17 @@ class TrainConfig:
     latent_mode: str = option(
         "equivariant", help="Adapted layers: equivariant or invariant.", choices=("equivariant", "invariant")
     )
-    dec_backward: str = option(
-        "implicit", help="DEC backward: implicit or phantom (the paper code's).", choices=("implicit", "phantom")
+    # None: the method's own default (its registry entry); the resolved value is what runs record.
+    dec_backward: str | None = option(
+        None, help="DEC backward: implicit or phantom (the paper code's) (default: the method's, implicit).",
+        choices=("implicit", "phantom"),
     )
-    aug_strength: float = option(0.25, help="Strength of Ω for aug/invl/augl.", min=0)
-    loss_weight: float = option(1.0, help="Weight of the extra loss of invl/augl.", min=0)
+    aug_strength: float | None = option(
+        None, help="Strength of Ω for aug/invl/augl (default: the method's, 0.25).", min=0
+    )
+    loss_weight: float | None = option(
+        None, help="Weight of the extra loss of invl/augl (default: the method's, 1.0).", min=0
+    )
 
 
 @dataclass(frozen=True)

@@ -65,14 +65,11 @@ def _parameter(f: dataclasses.Field, hint: Any, meta: dict[str, Any]) -> inspect
         names = names or ["--" + f.name.replace("_", "-")]
         names.append(meta["short"])
     annotation = hint
-    show_default = meta.get("show_default", True)
     if meta.get("parse") is not None:  # typed on the command line as text, parsed by the config
         annotation = str | None
-        if not isinstance(show_default, str):
-            show_default = ",".join(map(str, default)) if isinstance(default, tuple | list) else str(default)
-        default = None
-    option = typer.Option(default, *names, help=_help(meta), metavar=meta.get("metavar"),
-                          show_default=show_default)
+        if default is not None and default is not ...:
+            default = ",".join(map(str, default)) if isinstance(default, tuple | list) else str(default)
+    option = typer.Option(default, *names, help=_help(meta))
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 

@@ -58,7 +58,6 @@ class ImagenetConfig:
     )
     scales: tuple[float, ...] = option(
         PAPER_SCALES, help="Test scale factors (must include 1.0).", min=0.1, max=4, parse=parse_scales,
-        show_default=",".join(str(s) for s in PAPER_SCALES),
     )
     scale_range: tuple[float, float] = option((0.7, 1.3), help="Train scale factor range MIN MAX.", min=0.1, max=4)
     detector: str = option(
@@ -102,9 +101,10 @@ class ImagenetConfig:
     fp16: bool = option(True, help="Half precision on CUDA where safe.")
     cache_dir: Path | None = option(None, help="Stage cache (default: OUT/cache); share it between runs.")
     seed: int = option(0, help="Seed: the same command and sources give the same dataset.")
-    # Python only: the box prior's share of the photo, the JPEG quality.
-    prior_fraction: float = option(0.6, cli=False)
-    jpeg_quality: int = option(95, cli=False)
+    prior_fraction: float = option(
+        0.6, help="The prior detector's centred box, as a fraction of the photo's width and height.", min=0.05, max=1
+    )
+    jpeg_quality: int = option(95, cli=False)  # Python only
     # Filled in by the generator: the sources' listing digest, the output folder.
     source_digest: str = option("", cli=False)
     out: Path | None = option(None, cli=False)
@@ -197,4 +197,4 @@ def check_config(cfg: ImagenetConfig) -> None:
     if not 0 <= cfg.min_mask < cfg.max_mask <= 1:
         raise ConfigError("--min-mask and --max-mask must satisfy 0 ≤ min < max ≤ 1 (fractions of the photo)")
     check_ranges(cfg, ("min_in_box", "anchor", "image_format", "max_side", "batch_size", "max_attempts", "dilate",
-                       "feather"))
+                       "feather", "prior_fraction"))
