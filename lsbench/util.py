@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import DiskFullError
+from .errors import ConfigError, DiskFullError
 
 TMP_MARK = ".tmp-"  # temporaries are ".{name}.tmp-{pid}": hidden, and tied to the final name
 
@@ -95,3 +95,23 @@ def safe_name(text: str, *, limit: int | None = None, strip: str = "-") -> str:
     if limit is not None:
         slug = slug[:limit].strip(strip)
     return slug or "x"
+
+
+class Registry(dict):
+    """Named objects of one kind in registration order (methods, architectures, model families): a
+    ``dict`` that refuses a taken or malformed name and says what is registered when a name is unknown."""
+
+    def __init__(self, kind: str, reserved: str = "_:"):
+        super().__init__()
+        self.kind, self.reserved = kind, reserved
+
+    def add(self, name: str, obj: Any) -> Any:
+        if name in self or any(c in name for c in self.reserved):
+            raise ValueError(f"{self.kind} name {name!r} is taken or contains one of {self.reserved!r}")
+        self[name] = obj
+        return obj
+
+    def lookup(self, name: str) -> Any:
+        if name not in self:
+            raise ConfigError(f"unknown {self.kind} {name!r}; registered: {', '.join(self)}")
+        return self[name]

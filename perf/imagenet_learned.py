@@ -92,7 +92,7 @@ def save_gdino(folder: Path) -> int:
         tokens[2000 + i] = w
     torch.manual_seed(0)
     model = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval()
-    with learned._quiet_transformers():
+    with learned.common._quiet_transformers():
         model.save_pretrained(folder)
     tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
     GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer).save_pretrained(folder)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..util import Registry
 
 SIZES = ("micro", "tiny", "small", "base")
 
@@ -49,23 +49,18 @@ class Arch:
         return not self.input_kwargs(224)
 
 
-_ARCHS: dict[str, Arch] = {}
+_ARCHS = Registry("architecture")
 
 
 def register_arch(arch: Arch) -> Arch:
     """Add ``arch`` under its name (every size of :data:`SIZES`, each name once)."""
-    if arch.name in _ARCHS or "_" in arch.name or ":" in arch.name:
-        raise ValueError(f"architecture name {arch.name!r} is taken or contains '_' or ':'")
     if tuple(arch.sizes) != SIZES:
         raise ValueError(f"architecture {arch.name} must define the sizes {', '.join(SIZES)}")
-    _ARCHS[arch.name] = arch
-    return arch
+    return _ARCHS.add(arch.name, arch)
 
 
 def get_arch(name: str) -> Arch:
-    if name not in _ARCHS:
-        raise ConfigError(f"unknown architecture {name!r}; registered: {', '.join(_ARCHS)}")
-    return _ARCHS[name]
+    return _ARCHS.lookup(name)
 
 
 def list_archs() -> list[str]:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import monotone as M
-from ..errors import ConfigError
+from ..util import Registry
 from . import canonicalizer as C
 
 if TYPE_CHECKING:
@@ -62,21 +62,16 @@ class Method:
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
-_METHODS: dict[str, Method] = {}
+_METHODS = Registry("method")
 
 
 def register_method(method: Method) -> Method:
     """Add ``method`` under its name (each name once)."""
-    if method.name in _METHODS or "_" in method.name or ":" in method.name:
-        raise ValueError(f"method name {method.name!r} is taken or contains '_' or ':'")
-    _METHODS[method.name] = method
-    return method
+    return _METHODS.add(method.name, method)
 
 
 def get_method(name: str) -> Method:
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; registered: {', '.join(_METHODS)}")
-    return _METHODS[name]
+    return _METHODS.lookup(name)
 
 
 def list_methods() -> list[str]:

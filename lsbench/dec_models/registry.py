@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..util import Registry
 from . import timm_plain
 from .archs import SIZES, Arch, get_arch, list_archs
 from .dpt import DPTHead
@@ -54,20 +55,15 @@ class Family:
     options: tuple[str, ...] = ()
 
 
-_FAMILIES: dict[str, Family] = {}
+_FAMILIES = Registry("model family", reserved="_")
 
 
 def register_family(family: Family) -> Family:
-    if family.prefix in _FAMILIES or "_" in family.prefix:
-        raise ValueError(f"family prefix {family.prefix!r} is taken or contains '_'")
-    _FAMILIES[family.prefix] = family
-    return family
+    return _FAMILIES.add(family.prefix, family)
 
 
 def get_family(prefix: str) -> Family:
-    if prefix not in _FAMILIES:
-        raise ConfigError(f"unknown model family {prefix!r}; registered: {', '.join(_FAMILIES)}")
-    return _FAMILIES[prefix]
+    return _FAMILIES.lookup(prefix)
 
 
 def list_families() -> list[str]:
