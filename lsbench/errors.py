@@ -1,6 +1,6 @@
 """Exceptions for user mistakes and environment problems.
 
-Library code raises these with one readable sentence that says what to do; ``cli.py`` prints the
+Library code raises these with one readable sentence that says what to do; ``lsbench.cli`` prints the
 message (no traceback) and exits non-zero.  Anything else escaping is a bug in lsbench.
 """
 

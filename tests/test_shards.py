@@ -1,4 +1,5 @@
-"""The dataset contract (:mod:`lsbench.shards`): writer, planner, readers, validation."""
+"""The dataset contract (:mod:`lsbench.shards` bytes, :mod:`lsbench.dataset` folder): writer, planner,
+readers, validation."""
 
 from __future__ import annotations
 

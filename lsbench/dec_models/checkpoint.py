@@ -9,7 +9,6 @@ A checkpoint is a dict of plain types and tensors: ``format``, ``lsbench_version
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,15 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError
+from ..util import atomic_open
 from .registry import LSModel, config_dict, model_from_config
 
 FORMAT = "lsbench-checkpoint"
 
 
 def save(path: Path, model: LSModel, **extra: Any) -> Path:
-    """Write atomically (temporary file, then rename)."""
+    """Write atomically (:func:`lsbench.util.atomic_open`: temporary file, fsync, rename; a full disk is
+    one :class:`~lsbench.errors.DiskFullError` line and leaves an earlier checkpoint intact)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -33,12 +34,8 @@ def save(path: Path, model: LSModel, **extra: Any) -> Path:
         "state_dict": model.state_dict(),
         **extra,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
     return path
 
 

@@ -2,7 +2,8 @@
 
 Every generator describes its dataset as splits of numbered samples and a picklable function
 that produces the samples of one shard (:class:`~lsbench.shards.ShardSpec`) from the config
-alone.  This module does the rest, the same way for every generator:
+alone; how to build it is :class:`RunOptions`, the same for every generator.  This module does
+the rest, the same way for every generator:
 
 - work is partitioned by shard: local worker processes (``workers``) and, across machines,
   ``RANK``/``WORLD_SIZE`` (torchrun) or ``SLURM_PROCID``/``SLURM_NTASKS``; rank ``r`` of ``w``
