@@ -238,6 +238,7 @@ def test_unknown_split(mnist_ls, tmp_path, split):
 @pytest.mark.parametrize(("field", "value", "needle"), [
     ("epochs", 0, "--epochs"), ("batch_size", 0, "--batch-size"), ("lr", 0.0, "--lr"),
     ("scheduler", "step", "--scheduler"), ("model", "resnet_xyz", "unknown model"),
+    ("model", "timm:resnet10t", "plain pretrained classifier for `lsbench evaluate`"),
 ])
 def test_bad_options(mnist_ls, tmp_path, field, value, needle):
     with pytest.raises(ConfigError, match=needle):

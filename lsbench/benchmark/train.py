@@ -29,7 +29,7 @@ from torch.distributed.algorithms.join import Join
 from ..dataset import Dataset, open_dataset
 from ..dec_models import checkpoint
 from ..dec_models.methods import paper_defaults as method_defaults
-from ..dec_models.registry import METHODS, LSModel, create_model, get_method, parse_name
+from ..dec_models.registry import LSModel, create_model, get_method, list_families, parse_name
 from ..errors import ConfigError
 from ..options import check_ranges
 from . import distributed
@@ -66,9 +66,12 @@ def resolve(cfg: TrainConfig, info: Dataset) -> TrainConfig:
     """Fill ``None`` fields from :func:`paper_defaults` and the method's registered defaults, and check
     what the user gave."""
     arch, method = parse_name(cfg.model)
+    if arch in list_families():
+        raise ConfigError(f"{cfg.model} is a plain pretrained classifier for `lsbench evaluate`; train an "
+                          "{arch}_{method} model (see `lsbench models`), e.g. with --pretrained timm")
     values = asdict(cfg)
     # The method's own defaults; fields it does not read record the value the other methods train with.
-    own = get_method(method).defaults if method in METHODS else {}
+    own = get_method(method).defaults
     shared = {k: v for k, v in {**method_defaults(), **own}.items() if k in values}
     defaults = paper_defaults(info.generator, arch, info.task) | shared
     for key, value in defaults.items():

@@ -7,7 +7,7 @@ metadata) and hands the command the built object::
 
     @generate_app.command("mnist")
     @user_errors
-    @options_from(run=RunOptions.cli(shard_size=1000))
+    @options_from(run=Override(RunOptions, {"shard_size": {"default": 1000}}))
     def generate_mnist(out: Path = OUT, cfg: MnistConfig = ..., run: RunOptions = ...): ...
 
 Parameters that are not configs (``--out``, ``--quiet``) stay ordinary typer options.  A
