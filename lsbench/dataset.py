@@ -40,9 +40,8 @@ FORMAT = "lsbench-dataset"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
+
 # --------------------------------------------------------------------------- manifest
-
-
 
 
 def new_manifest(name: str, generator: str, config: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -139,9 +138,11 @@ class Dataset:
         return int(self.config["num_classes"])
 
     def require_complete(self) -> Dataset:
-        """This handle, if every shard is finished (training and evaluation need that)."""
+        """This handle, if every shard is finished and the class count is recorded (training and
+        evaluation need both; checked before any shard is read)."""
         if not self.complete:
             raise DatasetError(f"{self.directory} is incomplete: rerun its generate command to finish it")
+        self.num_classes  # noqa: B018 - raises for a manifest without it
         return self
 
     def split(self, split: str) -> dict[str, Any]:

@@ -17,11 +17,12 @@ import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
-
-import numpy as np
+from typing import IO, TYPE_CHECKING, Any
 
 from .errors import ConfigError, DiskFullError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TMP_MARK = ".tmp-"  # temporaries are ".{name}.tmp-{pid}": hidden, and tied to the final name
 
@@ -85,6 +86,8 @@ def sha256_file(path: Path) -> str:
 def split_rng(seed: int, split: str, *keys: int) -> np.random.Generator:
     """The random stream of ``(seed, split, *keys)`` (e.g. a group's): what a sample draws never
     depends on which worker or rank makes it.  ``split`` may name any stream ("objects", ...)."""
+    import numpy as np  # here, so the bottom layer (and the CLI's import path) stays without numpy
+
     return np.random.default_rng([seed, zlib.crc32(split.encode()), *keys])
 
 

@@ -148,7 +148,7 @@ def test_two_process_torchrun_equals_single_process(data, ckpt, tmp_path):
 
 def test_errors_raised_in_loader_workers_reach_the_user_as_one_line(data):
     from lsbench.benchmark.data import loader
-    from lsbench.cli import _one_line
+    from lsbench.cli.app import _one_line
     from lsbench.errors import DatasetError
 
     with pytest.raises(DatasetError) as caught:  # a classification set read as segmentation

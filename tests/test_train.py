@@ -310,3 +310,9 @@ def test_unset_method_options_take_the_registered_defaults(mnist_ls, tmp_path, m
     assert (got.aug_strength, got.loss_weight, got.dec_backward) == expected
     mine = resolve(config(mnist_ls, tmp_path / "run", model=model, aug_strength=0.1, dec_backward="phantom"), info)
     assert (mine.aug_strength, mine.dec_backward) == (0.1, "phantom")
+
+
+def test_folders_are_recorded_normalised():
+    """``ds/`` and ``ds`` are the same run's data (what --resume compares), as the CLI always recorded them."""
+    cfg = TrainConfig(model="resnet_base", data="data/ds/", out="runs/x/")
+    assert (cfg.data, cfg.out) == ("data/ds", "runs/x")

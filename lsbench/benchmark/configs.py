@@ -63,6 +63,10 @@ class TrainConfig:
         None, help="Weight of the extra loss of invl/augl (default: the method's, 1.0).", min=0
     )
 
+    def __post_init__(self) -> None:
+        # Folders as the CLI always recorded them (``ds/`` and ``ds`` are one run's data, for --resume).
+        self.data, self.out = str(Path(self.data)), str(Path(self.out))
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:

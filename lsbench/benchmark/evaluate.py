@@ -42,11 +42,11 @@ def build_model(name: str, info: Dataset, checkpoint: Path | None,
     """The model to evaluate, its config dict and its input size."""
     family, _ = parse_name(name)
     if family in list_families():  # a plain model: --checkpoint is its own state dict, not an lsbench checkpoint
-        net = create_model(name, info.num_classes, task=info.task, pretrained=checkpoint, img_size=img_size)
         if checkpoint is None:
             raise ConfigError(
                 f"{name}: pass --checkpoint FILE with its weights (evaluating random weights is meaningless)"
             )
+        net = create_model(name, info.num_classes, task=info.task, pretrained=checkpoint, img_size=img_size)
         return net, net.config, net.config["img_size"]
     if checkpoint is None:
         raise ConfigError(f"{name}: pass --checkpoint runs/NAME/best.pt (written by `lsbench train`)")

@@ -6,10 +6,10 @@ Python API takes (:mod:`.derive`); each module here registers one group of comma
 :data:`app`, in the order ``lsbench --help`` lists them.
 """
 
-from .app import _one_line, app, main
+from .app import app, main
 
 # isort: off
 from . import generate, data, bench  # noqa: F401, E402 - registration order is the help's order
 # isort: on
 
-__all__ = ["app", "main", "_one_line"]
+__all__ = ["app", "main"]
