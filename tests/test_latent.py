@@ -357,9 +357,22 @@ def test_canon_picks_a_candidate_in_eval_and_mixes_them_in_training():
     assert canon.energy.out.weight.grad.abs().sum() > 0
 
 
+def test_fresh_canon_and_optim_are_the_identity():
+    """Zero-initialised energy outputs: a new Canon (eval) or Optim does not warp, so a model fine-tuned
+    from Aug starts as Aug (``--init-from``)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 24, 24)
+    canon, opt = C.Canon(3, num_candidates=16, resolution=None).eval(), C.Optim(3, steps=4, lr=0.5, resolution=None)
+    with torch.no_grad():
+        assert torch.equal(canon(x), M.identity(2, 4))
+    assert torch.equal(opt.eval()(x), M.identity(2, 4))
+
+
 def test_optim_returns_valid_psi_and_trains_its_energy():
     torch.manual_seed(0)
     opt = C.Optim(3, steps=4, lr=0.5, resolution=None)
+    with torch.no_grad():  # a non-trivial energy (a fresh one is flat: the identity, tested above)
+        opt.energy.out.weight.normal_(0, 0.5)
     x = torch.randn(2, 3, 24, 24)
     opt.train()
     psi = opt(x)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from lsbench.benchmark import leaderboard as lb
 from lsbench.benchmark import results
+from lsbench.benchmark.leaderboard.tables import group_results
 from lsbench.dec_models.registry import ARCHS, METHODS
 from lsbench.errors import LsbenchError
 
@@ -338,3 +339,66 @@ def test_paper_rows_only_for_the_papers_task(tmp_path):
     (results / "r.json").write_text(json.dumps(result))
     (folder,) = lb.build(results, tmp_path / "site")
     assert "paper Table" not in (folder / "leaderboard.md").read_text()
+
+
+# --------------------------------------------------------------------------- studies: mean ± std over seeds
+
+
+def study_result(name: str, accuracy: float, seed: int, group: str = "g1", study: str = "s") -> dict[str, Any]:
+    result = make_result(name, accuracy, dataset="mnist-ls-1digit")
+    result["study"] = {"name": study, "group": group, "run": f"{name}-seed{seed}-{group}", "seed": seed,
+                       "role": "finetune", "run_dir": f"../../runs/ds/{name}-seed{seed}-{group}"}
+    return result
+
+
+def test_seeds_of_one_group_are_one_row_with_mean_and_sample_std(tmp_path):
+    results = {f"r/dec{s}.json": study_result("resnet_dec", acc, s) for s, acc in enumerate((0.90, 0.92, 0.94))}
+    results["r/aug0.json"] = study_result("resnet_aug", 0.93, 0, group="g2")  # one seed: no ±
+    results["r/lone.json"] = make_result("resnet_invl", 0.91, dataset="mnist-ls-1digit")  # not a study
+    written = lb.build(write_results(tmp_path / "results", results), tmp_path / "site")
+    md = (written[0] / "leaderboard.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| resnet") and "(paper)" not in line]
+    # ranked by the mean: 0.93 (aug, 1 seed) > 0.92 (dec, mean of 3) > 0.91
+    assert [r.split(" | ")[0] for r in rows] == ["| resnet\\_aug", "| resnet\\_dec", "| resnet\\_invl"]
+    dec = rows[1].split(" | ")
+    assert "92.00 ± 2.00" in dec  # std with ddof 1: sqrt(((-2)² + 0 + 2²) / 2) = 2
+    inve = [5.0 * (1 - a) for a in (0.90, 0.92, 0.94)]
+    assert f"{statistics.fmean(inve):.2f} ± {statistics.stdev(inve):.2f}" in dec
+    header = md.splitlines()[4].split(" | ")
+    assert dec[header.index("n (seeds)")] == "3"
+    aug = rows[0].split(" | ")
+    assert "93.00" in aug and not any("±" in cell for cell in aug) and aug[header.index("n (seeds)")] == "1"
+    assert rows[2].split(" | ")[header.index("n (seeds)")] == "—"
+    # every seed links to its result file and run folder, relative to the page
+    page = (written[0] / "index.html").read_text()
+    for s in range(3):
+        assert f'href="../../results/r/dec{s}.json">seed {s}</a>' in page
+        assert f'href="../../runs/ds/resnet_dec-seed{s}-g1/">run</a>' in page
+    assert "seed 2: [result](../../results/r/dec2.json)" in md
+
+
+def test_per_scale_values_are_the_mean_over_seeds(tmp_path):
+    files = {f"dec{s}.json": study_result("resnet_dec", acc, s) for s, acc in enumerate((0.90, 0.94))}
+    folder = write_results(tmp_path / "results", files)
+    (table,) = group_results(results.load_results(folder))
+    (row,) = [r for r in lb.table_rows(table) if not r.paper]
+    accs = [b[2] for b in row.scales]
+    # make_result's bins: acc + 0.01 (i - 1) in %, averaged over 0.90 and 0.94
+    assert accs == pytest.approx([91.0, 92.0, 93.0])
+    assert row.n == 2 and row.values["primary"] == pytest.approx(92.0)
+
+
+def test_one_seed_twice_in_a_group_is_refused(tmp_path):
+    folder = write_results(tmp_path / "results", {"a.json": study_result("resnet_dec", 0.9, 0),
+                                                  "b.json": study_result("resnet_dec", 0.8, 0)})
+    with pytest.raises(lb.LeaderboardError) as e:
+        lb.build(folder, tmp_path / "site")
+    assert "both seed 0" in str(e.value) and "a.json" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "site").exists()
+
+
+def test_study_record_is_schema_checked(tmp_path):
+    bad = study_result("resnet_dec", 0.9, 0)
+    bad["study"]["role"] = "other"
+    with pytest.raises(results.ResultError, match="study"):
+        results.validate_result(bad)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..dec_models.archs import SIZES
 from ..options import option
@@ -24,9 +25,15 @@ class TrainConfig:
     model: str = option(help="{arch}_{method}, e.g. swin_dec (see `lsbench models`).", short="-m")
     data: str = option(help="Dataset folder (made by `lsbench generate`).", short="-d")
     out: str = option(help="Run folder: last.pt, best.pt, log.jsonl, config.json.", short="-o")
-    size: str = option("tiny", help="Backbone size.", choices=SIZES)
-    img_size: int | None = option(None, help="Model input size (images are resized).", min=1)
-    pretrained: str | None = option(None, help="Checkpoint file, 'timm' (local cache) or 'none'.")
+    size: str | None = option(None, help="Backbone size (default: tiny, or the --init-from checkpoint's).",
+                              choices=SIZES)
+    img_size: int | None = option(None, help="Model input size (images are resized; default: the paper's, "
+                                  "or the --init-from checkpoint's).", min=1)
+    pretrained: str | None = option(None, help="Backbone weights: a checkpoint file (timm, torch or lsbench: "
+                                    "its backbone only), 'timm' (local cache) or 'none'.")
+    init_from: str | None = option(None, help="Start from this lsbench checkpoint (any method of the same arch, "
+                                   "size and classes): backbone, head and matching canonicalizers copied, new "
+                                   "canonicalizers at the identity.")
     epochs: int | None = option(None, help="Default: the paper's for this dataset.", min=1)
     batch_size: int | None = option(None, help="Default: the paper's for this dataset.", min=1)
     lr: float | None = option(None, help="Peak learning rate (AdamW).")
@@ -66,6 +73,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # Folders as the CLI always recorded them (``ds/`` and ``ds`` are one run's data, for --resume).
         self.data, self.out = str(Path(self.data)), str(Path(self.out))
+        if self.init_from is not None:
+            self.init_from = str(Path(self.init_from))
 
 
 @dataclass(frozen=True)
@@ -86,3 +95,5 @@ class EvaluateConfig:
     skip_corrupt: bool = option(False, help="Skip corrupt shards (named in the output) instead of stopping.")
     amp: bool = option(True, help="Mixed precision on CUDA (--no-amp: full float32).")
     seed: int = option(0, help="Seed of the EquE draws.")
+    # Set by `lsbench study` (Python only): the run this result belongs to, for the leaderboard's ± over seeds.
+    study: dict[str, Any] | None = option(None, cli=False)

@@ -38,8 +38,8 @@ from .results import SCHEMA_VERSION, validate_result, write_result
 
 
 def build_model(name: str, info: Dataset, checkpoint: Path | None,
-                img_size: int | None) -> tuple[nn.Module, dict[str, Any], int]:
-    """The model to evaluate, its config dict and its input size."""
+                img_size: int | None) -> tuple[nn.Module, dict[str, Any], int, dict[str, Any] | None]:
+    """The model to evaluate, its config dict, its input size and the checkpoint it was fine-tuned from."""
     family, _ = parse_name(name)
     if family in list_families():  # a plain model: --checkpoint is its own state dict, not an lsbench checkpoint
         if checkpoint is None:
@@ -47,7 +47,7 @@ def build_model(name: str, info: Dataset, checkpoint: Path | None,
                 f"{name}: pass --checkpoint FILE with its weights (evaluating random weights is meaningless)"
             )
         net = create_model(name, info.num_classes, task=info.task, pretrained=checkpoint, img_size=img_size)
-        return net, net.config, net.config["img_size"]
+        return net, net.config, net.config["img_size"], None
     if checkpoint is None:
         raise ConfigError(f"{name}: pass --checkpoint runs/NAME/best.pt (written by `lsbench train`)")
     model, ckpt = ckpt_io.load_model(checkpoint)
@@ -65,7 +65,7 @@ def build_model(name: str, info: Dataset, checkpoint: Path | None,
             "leave --img-size out or pass that size"
         )
     size = img_size or stored["img_size"]
-    return model, stored, size
+    return model, stored, size, ckpt.get("init_from")
 
 
 def _scale_bins(info: Dataset) -> str:
@@ -110,7 +110,7 @@ def evaluate(
         # (measured: 0.89× of a raw forward loop with 2 workers on 2 cores, 0.94× with none).
         workers = min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0
     corrupt = info.verify(split, skip_corrupt=config.skip_corrupt, log=log if rank == 0 else None)
-    net, model_config, size = build_model(name, info, checkpoint, img_size)
+    net, model_config, size, init_from = build_model(name, info, checkpoint, img_size)
     net = net.to(device).eval()
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = distributed.amp_dtype(device)
@@ -179,6 +179,7 @@ def evaluate(
             "checkpoint": str(checkpoint) if checkpoint else None,
             "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
             "parameters": parameters,
+            "init_from": init_from,
         },
         "dataset": {
             "name": info.name, "generator": info.generator, "directory": str(data.resolve()), "split": split,
@@ -202,6 +203,8 @@ def evaluate(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     }
+    if config.study is not None:
+        result["study"] = config.study
     validate_result(result)
     path = None
     if out is not None and rank == 0:

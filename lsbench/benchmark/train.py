@@ -27,11 +27,13 @@ from torch import nn
 from torch.distributed.algorithms.join import Join
 
 from ..dataset import Dataset, open_dataset
-from ..dec_models import checkpoint
+from ..dec_models import checkpoint, transfer
+from ..dec_models.archs import get_arch
 from ..dec_models.methods import paper_defaults as method_defaults
 from ..dec_models.registry import LSModel, create_model, get_method, list_families, parse_name
 from ..errors import ConfigError
 from ..options import check_ranges
+from ..util import sha256_file, write_json_atomic
 from . import distributed
 from .configs import TrainConfig
 from .data import loader
@@ -62,14 +64,20 @@ def paper_defaults(generator: str, arch: str, task: str) -> dict[str, Any]:
     return base
 
 
-def resolve(cfg: TrainConfig, info: Dataset) -> TrainConfig:
-    """Fill ``None`` fields from :func:`paper_defaults` and the method's registered defaults, and check
-    what the user gave."""
+def resolve(cfg: TrainConfig, info: Dataset, source: dict[str, Any] | None = None) -> TrainConfig:
+    """Fill ``None`` fields from the ``--init-from`` checkpoint's model config ``source`` (size, input
+    size), :func:`paper_defaults` and the method's registered defaults, and check what the user gave."""
     arch, method = parse_name(cfg.model)
     if arch in list_families():
         raise ConfigError(f"{cfg.model} is a plain pretrained classifier for `lsbench evaluate`; train an "
                           "{arch}_{method} model (see `lsbench models`), e.g. with --pretrained timm")
+    if cfg.init_from is not None and str(cfg.pretrained or "none").lower() != "none":
+        raise ConfigError("--init-from and --pretrained both give the starting weights; pass one of them")
     values = asdict(cfg)
+    for key in ("size", "img_size"):
+        if values[key] is None and source is not None:
+            values[key] = source[key]
+    values["size"] = values["size"] or "tiny"
     # The method's own defaults; fields it does not read record the value the other methods train with.
     own = get_method(method).defaults
     shared = {k: v for k, v in {**method_defaults(), **own}.items() if k in values}
@@ -185,7 +193,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
           log: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume) and return where the checkpoints are; see the module docstring."""
     info = open_dataset(Path(cfg.data)).require_complete()
-    cfg = resolve(cfg, info)
+    source = checkpoint.read(Path(cfg.init_from)) if cfg.init_from and not resume else None
+    cfg = resolve(cfg, info, source["model_config"] if source else None)
     for split in {cfg.train_split, cfg.val_split}:
         info.verify(split)
     out = Path(cfg.out)
@@ -217,6 +226,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
     ).to(device)
     if ckpt:
         model.load_state_dict(ckpt["state_dict"])
+        init = ckpt.get("init_from")
+    elif source is not None:
+        any_size = get_arch(parse_name(cfg.model)[0]).any_input_size
+        report = transfer.init_from(model, source, cfg.init_from, any_input_size=any_size)
+        init = {"path": cfg.init_from, "sha256": sha256_file(cfg.init_from), "model": source["model_config"]["name"]}
+        if log and rank == 0:
+            log(f"started from {cfg.init_from} ({init['model']}, sha256 {init['sha256'][:12]}): {report.summary()}")
+    else:
+        init = None
     loss_module: nn.Module = _LossModule(model)
     if world > 1:
         loss_module = nn.parallel.DistributedDataParallel(loss_module, find_unused_parameters=True)
@@ -255,7 +273,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
         metrics = ckpt.get("metrics", {})
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({"train": asdict(cfg), "model": asdict(model.config)}, indent=2))
+        config = {"train": asdict(cfg), "model": asdict(model.config), "init_from": init}
+        write_json_atomic(out / "config.json", config)
     log_file = open(out / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed in finally
 
     total_steps = (cfg.epochs - start_epoch) * steps_per_epoch
@@ -312,10 +331,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
                 state = {"train_config": asdict(cfg), "epoch": epoch, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                          "world_size": world, "metrics": metrics,
-                         "best_accuracy": max(best_acc, val["accuracy"]), "dataset": info.name}
+                         "best_accuracy": max(best_acc, val["accuracy"]), "dataset": info.name,
+                         "init_from": init}
                 checkpoint.save(last_path, model, **state)
                 if val["accuracy"] > best_acc:  # the weights and their provenance; resuming uses last.pt
-                    keep = ("train_config", "epoch", "metrics", "best_accuracy", "dataset", "world_size")
+                    keep = ("train_config", "epoch", "metrics", "best_accuracy", "dataset", "world_size", "init_from")
                     checkpoint.save(best_path, model, **{k: state[k] for k in keep})
                 if log:
                     log(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.4f}, "

@@ -9,7 +9,7 @@ Python API takes (:mod:`.derive`); each module here registers one group of comma
 from .app import app, main
 
 # isort: off
-from . import generate, data, bench  # noqa: F401, E402 - registration order is the help's order
+from . import generate, data, bench, study  # noqa: F401, E402 - registration order is the help's order
 # isort: on
 
 __all__ = ["app", "main"]

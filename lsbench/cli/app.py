@@ -35,6 +35,8 @@ app = typer.Typer(
 )
 generate_app = typer.Typer(help="Generate a locally scaled dataset as WebDataset shards.", no_args_is_help=True)
 app.add_typer(generate_app, name="generate")
+study_app = typer.Typer(help="Studies: datasets × archs × methods × seeds, each method fine-tuned from the same "
+                        "starting run, with mean ± std over seeds.", no_args_is_help=True)
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # errors stay one line, whatever the terminal width
@@ -87,13 +89,9 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} {task.fields.get('unit', 'it')}/s" if speed else "", style="progress.data.speed")
 
 
-@contextmanager
-def progress_bar(description: str, quiet: bool, unit: str = "img"):
-    """Yields a ``(done, total)`` callback driving a rich bar (rate, ETA), or a no-op if quiet."""
-    if quiet:
-        yield None
-        return
-    columns = [
+def progress_columns() -> list[ProgressColumn]:
+    """The columns of every lsbench bar: description, bar, n/total, %, rate, elapsed, ETA."""
+    return [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -103,7 +101,15 @@ def progress_bar(description: str, quiet: bool, unit: str = "img"):
         TextColumn("eta"),
         TimeRemainingColumn(),
     ]
-    bar = Progress(*columns, console=err_console, transient=False)
+
+
+@contextmanager
+def progress_bar(description: str, quiet: bool, unit: str = "img"):
+    """Yields a ``(done, total)`` callback driving a rich bar (rate, ETA), or a no-op if quiet."""
+    if quiet:
+        yield None
+        return
+    bar = Progress(*progress_columns(), console=err_console, transient=False)
     task = None
 
     def update(done: int, total: int) -> None:

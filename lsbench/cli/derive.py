@@ -11,7 +11,9 @@ metadata) and hands the command the built object::
     def generate_mnist(out: Path = OUT, cfg: MnistConfig = ..., run: RunOptions = ...): ...
 
 Parameters that are not configs (``--out``, ``--quiet``) stay ordinary typer options.  A
-per-command override (:class:`Override`) changes a field's default or help text, not its type.
+per-command override (:class:`Override`) changes a field's default or help text, not its type; with
+``flags=True`` the command gets only the options the user gave, as a dict, because another source
+fills the rest (``lsbench study run FILE --seeds 0,1``: the file, then the flags over it).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Override:
 
     cls: type
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)
+    flags: bool = False  # hand the command {field: value} of the options given (each defaults to None)
 
 
 def _is_config(annotation: Any) -> bool:
@@ -73,8 +76,19 @@ def _parameter(f: dataclasses.Field, hint: Any, meta: dict[str, Any]) -> inspect
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
+def _given_only(f: dataclasses.Field, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` of an option that defaults to None (not given), its real default in the help text."""
+    default = _cli_default(f, meta)
+    shown = ",".join(map(str, default)) if isinstance(default, tuple | list) else default
+    text = meta.get("help", "")
+    if default not in (None, ..., (), []) and "default" not in text.lower():
+        text = f"{text} (default: {shown})"
+    return {**meta, "default": None, "help": text}
+
+
 def _fields(source: type | Override) -> tuple[type, list[tuple[dataclasses.Field, Any, dict[str, Any]]]]:
     cls, overrides = (source.cls, source.fields) if isinstance(source, Override) else (source, {})
+    flags = isinstance(source, Override) and source.flags
     unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
@@ -84,7 +98,10 @@ def _fields(source: type | Override) -> tuple[type, list[tuple[dataclasses.Field
         meta = {**f.metadata, **overrides.get(f.name, {})}
         if meta.get("cli", True) is False or not f.init:
             continue
-        out.append((f, hints[f.name], meta))
+        hint = hints[f.name]
+        if flags:
+            meta, hint = _given_only(f, meta), hint | None
+        out.append((f, hint, meta))
     return cls, out
 
 
@@ -98,7 +115,7 @@ def options_from(**overrides: type | Override):
     def decorate(fn):
         hints = typing.get_type_hints(fn)
         params: list[inspect.Parameter] = []
-        expanded: dict[str, tuple[type, list[tuple[str, Any]]]] = {}
+        expanded: dict[str, tuple[type, list[tuple[str, Any]], bool]] = {}
         seen: set[str] = set()
         for p in inspect.signature(fn).parameters.values():
             annotation = hints.get(p.name, p.annotation)
@@ -113,23 +130,24 @@ def options_from(**overrides: type | Override):
                     raise TypeError(f"{fn.__name__}: option {f.name!r} is declared twice")
                 seen.add(f.name)
                 params.append(_parameter(f, hint, meta))
-            expanded[p.name] = (cls, [(f.name, meta.get("parse")) for f, _, meta in fields])
+            flags = isinstance(source, Override) and source.flags
+            expanded[p.name] = (cls, [(f.name, meta.get("parse")) for f, _, meta in fields], flags)
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
-            for name, (cls, names) in expanded.items():
+            for name, (cls, names, flags) in expanded.items():
                 values = {}
                 for field_name, parse in names:
                     value = kwargs.pop(field_name)
+                    if value is None and (flags or parse is not None):
+                        continue  # not given: the dataclass default, or (flags) the other source's value
                     if parse is not None:
-                        if value is None:
-                            continue  # the dataclass default
                         try:
                             value = parse(value)
                         except LsbenchError as e:  # malformed text is a usage error (exit 2), like a bad number
                             raise typer.BadParameter(str(e)) from None
                     values[field_name] = value
-                kwargs[name] = cls(**values)
+                kwargs[name] = values if flags else cls(**values)
             return fn(**kwargs)
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -139,6 +139,10 @@ class _Energy(nn.Module):
         super().__init__()
         self.body = _cnn(in_channels, channels)
         self.out = nn.Linear(channels[-1], 1)
+        # Zero-initialised: all candidates score alike, so Canon's argmin (eval) picks the identity (the
+        # first candidate) and Optim's descent does not move: a fresh model is its backbone.
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(self.body(x).mean(dim=(2, 3)))[:, 0]

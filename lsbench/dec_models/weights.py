@@ -44,7 +44,8 @@ def cached_weights(timm_name: str) -> Path:
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """A state dict from a ``.pth``/``.bin`` (``weights_only``) or ``.safetensors`` file, unwrapped from
-    the usual ``state_dict``/``model``/``state_dict_ema`` keys."""
+    the usual ``state_dict``/``model``/``state_dict_ema`` keys; of an lsbench checkpoint, its plain
+    backbone (without canonicalizers, :func:`.transfer.backbone_state`)."""
     if not path.is_file():
         raise ConfigError(f"pretrained checkpoint {path} not found; pass an existing file or --pretrained none")
     try:
@@ -56,6 +57,12 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure means an unusable file
         raise ConfigError(f"cannot read pretrained checkpoint {path} ({type(e).__name__}: {e})") from e
+    from .checkpoint import FORMAT  # lazily: checkpoint imports the registry, which imports this module
+
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        from .transfer import backbone_state
+
+        return backbone_state(state)
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

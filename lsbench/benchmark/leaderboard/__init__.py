@@ -22,6 +22,7 @@ Site layout::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..results import ResultError, load_results, one_line
@@ -30,7 +31,7 @@ from .html import index_html, table_html
 from .markdown import table_markdown
 from .paper import KINDS, PAPER_PATH, load_paper, paper_row, paper_tables
 from .plots import clear_plots, plot_row
-from .rows import Row, arch_method, by_primary, our_row
+from .rows import Row, arch_method, by_primary, our_rows
 from .tables import LeaderboardError, Table, group_results
 
 __all__ = ["KINDS", "PAPER_PATH", "LeaderboardError", "arch_method", "build", "load_paper", "table_rows"]
@@ -38,20 +39,25 @@ __all__ = ["KINDS", "PAPER_PATH", "LeaderboardError", "arch_method", "build", "l
 
 def table_rows(table: Table) -> list[Row]:
     """Our rows (best first), then the paper's reference rows (per paper table, best first)."""
-    rows = by_primary(our_row(r) for r in table.results)
+    rows = by_primary(our_rows(table.results))
     for ptable in paper_tables(table):
         rows += by_primary(paper_row(entry, ptable) for entry in ptable["rows"])
     return rows
 
 
-def write_table(table: Table, out_dir: Path) -> tuple[Path, Row | None]:
-    """Write one dataset folder; returns it and our best row."""
+def _href(path: Path, folder: Path) -> str:
+    """``path`` relative to the page in ``folder`` (links from the site to results and run folders)."""
+    return Path(os.path.relpath(Path(path).resolve(), folder.resolve())).as_posix()
+
+
+def write_table(table: Table, rows: list[Row], out_dir: Path) -> tuple[Path, Row | None]:
+    """Write one dataset folder of ``rows`` (:func:`table_rows`); returns it and our best row."""
     folder = out_dir / table.slug
     clear_plots(folder / "plots")
-    rows = table_rows(table)
     ours = [row for row in rows if not row.paper]
     for rank, row in enumerate(ours, 1):
         row.plots = plot_row(row, rank, rows, folder / "plots")
+        row.links = [(seed, _href(result, folder), _href(run, folder)) for seed, result, run in row.runs]
     cols = columns(table, rows)
     (folder / "index.html").write_text(table_html(table, rows, cols), encoding="utf-8")
     (folder / "leaderboard.md").write_text(table_markdown(table, rows, cols), encoding="utf-8")
@@ -71,12 +77,13 @@ def build(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
     except ResultError as e:  # the same line, as the leaderboard's error
         raise LeaderboardError(str(e)) from None
     tables = group_results(results)
+    rows = [table_rows(table) for table in tables]  # refusals (e.g. a seed twice in a study group) come here
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         written, best = [], {}
-        for table in tables:
-            folder, best[table.slug] = write_table(table, out_dir)
+        for table, shown in zip(tables, rows):
+            folder, best[table.slug] = write_table(table, shown, out_dir)
             written.append(folder)
         (out_dir / "index.html").write_text(index_html(tables, best), encoding="utf-8")
     except OSError as e:

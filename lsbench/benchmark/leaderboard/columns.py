@@ -80,6 +80,8 @@ def columns(table: Table, rows: list[Row]) -> list[Column]:
     ]
     cols += [Column(k, t, True, "low", _metric(k), d, k) for k, t, d in optional if _has_values(rows, k)]
     cols.append(Column("std", "Std across scales (%)", True, "low", _metric("std"), 2, "std"))
+    if any(row.n is not None for row in rows):  # a study's rows: how many seeds each mean is over
+        cols.append(Column("n", "n (seeds)", True, "", lambda r: r.n, 0))
     for i, (key, label) in enumerate(scale_columns(rows), 1):
         cols.append(Column(f"scale-{i}", f"Acc {label} (%)", True, "high", _scale_getter(key, label), 2, "scale"))
     cols += [
@@ -93,7 +95,8 @@ def columns(table: Table, rows: list[Row]) -> list[Column]:
 
 
 def format_cell(row: Row, col: Column) -> tuple[str, str]:
-    """(display text, sort value) of one cell; numbers of paper rows use the paper's decimals and ±."""
+    """(display text, sort value) of one cell; numbers of paper rows use the paper's decimals; the paper's
+    ± and ours (std over seeds) follow the value."""
     value = col.value(row)
     if not col.numeric:
         return str(value), str(value)
@@ -101,6 +104,6 @@ def format_cell(row: Row, col: Column) -> tuple[str, str]:
         return MISSING, ""
     decimals = row.decimals.get(col.paper_key, col.decimals) if row.paper else col.decimals
     text = f"{value:.4g}" if decimals is None else f"{value:.{decimals}f}"
-    if row.paper and col.paper_key in row.pm:
+    if col.paper_key in row.pm:
         text += f" ± {row.pm[col.paper_key]:.{decimals if decimals is not None else 2}f}"
     return text, repr(float(value))

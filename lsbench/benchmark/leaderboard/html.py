@@ -70,6 +70,10 @@ def _row_html(row: Row, cols: list[Column]) -> str:
         elif col.key == "model":
             badge = "<span class=\"badge\">paper</span>" if row.paper else ""
             cells.append(f"<td class=\"model\" title=\"{esc(row.config)}\">{esc(text)}{badge}</td>")
+        elif col.key == "source" and row.links:
+            links = ", ".join(f"<a href=\"{esc(result)}\">seed {seed}</a> (<a href=\"{esc(run)}/\">run</a>)"
+                              for seed, result, run in row.links)
+            cells.append(f"<td>{esc(text)}<br><small>{links}</small></td>")
         else:
             cells.append(f"<td>{esc(text)}</td>")
     kind = "paper" if row.paper else "ours"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import re
 from typing import Any
+from urllib.parse import quote
 
 from .columns import Column, format_cell
 from .paper import PAPER_NOTE, paper_tables
@@ -41,6 +42,13 @@ def table_markdown(table: Table, rows: list[Row], cols: list[Column]) -> str:
         if row.paper:
             cells[0] += " (paper)"
         lines.append("| " + " | ".join(md_escape(c) for c in cells) + " |")
+    studies = [row for row in rows if row.links]
+    if studies:  # each mean ± std row's seeds: result files and run folders
+        lines += ["", "Runs of the study rows (mean ± sample std over seeds):", ""]
+        for row in studies:
+            links = ", ".join(f"seed {seed}: [result]({quote(result)}), [run]({quote(run)}/)"
+                              for seed, result, run in row.links)
+            lines.append(f"- {md_escape(row.model)} (n {row.n}): {links}")
     lines += ["", md_escape(PAPER_NOTE)]
     for pt in paper_tables(table):
         notes = " ".join(md_escape(note) for note in pt["notes"])
