@@ -17,7 +17,7 @@ import pytest
 from conftest import assert_user_error, generate_mnist
 
 from lsbench.dec_models import checkpoint
-from lsbench.errors import ConfigError
+from lsbench.errors import ConfigError, LsbenchError
 from lsbench.study import StudyConfig, launch, load_study, plan_study, report, summarize
 from lsbench.study.plan import DONE, PARTIAL, TODO, refresh
 from lsbench.util import sha256_file
@@ -176,7 +176,16 @@ def test_slurm_path_through_submitits_local_executor(data, tmp_path):
     assert sorted(outcome.finished) == sorted(r.key for r in plan.runs)
     refresh(plan)
     assert all(r.status == DONE for r in plan.runs)
-    assert list((tmp_path / "s" / "slurm").glob("*/*_submission.sh"))  # submitit's job folders
+    jobs = sorted((tmp_path / "s" / "slurm").glob("*/*_submitted.pkl"))  # submitit's own job folders
+    assert len(jobs) == 2 and all(list(j.parent.glob("*_0_log.err")) for j in jobs)
+
+
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine is a SLURM node")
+def test_slurm_without_a_cluster_is_one_line(data, tmp_path):
+    plan = plan_study(study(data, tmp_path / "s", launcher="slurm"))
+    with pytest.raises(LsbenchError, match="--launcher local") as e:
+        launch(plan)
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.slow
@@ -233,13 +242,13 @@ def test_file_values_paths_and_flags(tmp_path):
 
 
 def test_missing_dataset_is_refused_before_anything_starts(tmp_path):
-    with pytest.raises(ConfigError, match="nope") as e:
+    with pytest.raises(LsbenchError, match="nope") as e:
         plan_study(study(tmp_path / "nope", tmp_path / "s"))
     assert "\n" not in str(e.value) and not (tmp_path / "s").exists()
 
 
 def test_unknown_split_is_refused(data, tmp_path):
-    with pytest.raises(Exception, match="test_far"):
+    with pytest.raises(LsbenchError, match="test_far"):
         plan_study(study(data, tmp_path / "s", splits=("test_far",)))
 
 

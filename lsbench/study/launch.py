@@ -144,7 +144,11 @@ def executor_for(plan: Plan, name: str) -> Any:
     import submitit
 
     s = plan.study
-    executor = submitit.AutoExecutor(folder=plan.out / "slurm" / "%j", cluster=s.cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=plan.out / "slurm" / "%j", cluster=s.cluster)
+    except RuntimeError as e:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
+        raise StudyError(f"--launcher slurm needs a SLURM cluster here ({e}); run with --launcher local "
+                         "(--jobs N for several runs at once)") from None
     tasks = max(1, s.slurm_gpus)
     params: dict[str, Any] = {"name": name, "timeout_min": s.slurm_time, "nodes": 1, "tasks_per_node": tasks,
                               "gpus_per_node": s.slurm_gpus, "cpus_per_task": s.slurm_cpus}
