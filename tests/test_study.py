@@ -235,7 +235,8 @@ def test_bad_study_file_is_one_line_with_its_line(tmp_path, body, needles):
 
 def test_file_values_paths_and_flags(tmp_path):
     (tmp_path / "cfg").mkdir()
-    file = write(tmp_path / "cfg" / "mine.toml", 'data = ["../d"]\nseeds = [0, 1, 2]\n[train]\nlatent_mode = "equivariant"\n')
+    body = 'data = ["../d"]\nseeds = [0, 1, 2]\n[train]\nlatent_mode = "equivariant"\n'
+    file = write(tmp_path / "cfg" / "mine.toml", body)
     cfg = load_study(file, seeds=(5,))
     assert cfg.seeds == (5,) and cfg.data == (str(tmp_path / "cfg" / ".." / "d"),)
     assert cfg.out == str(tmp_path / "cfg" / "mine") and cfg.train_overrides() == {"latent_mode": "equivariant"}
