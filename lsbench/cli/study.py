@@ -126,4 +126,4 @@ def run(
         for md in sorted(site.glob("*/leaderboard.md")):
             console.print(md.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
         console.print(f"summary {study_plan.out / 'summary.json'}; open {(site / 'index.html').resolve()}",
-                      markup=False)
+                      markup=False, highlight=False, soft_wrap=True)
