@@ -58,6 +58,7 @@ import torch
 from lsbench import __version__
 from lsbench import monotone as M
 from lsbench.dec_models import canonicalizer as C
+from lsbench.dec_models.checkpoint import load_model
 from lsbench.dec_models.latent import adapted_layers, canonicalize_layers
 from lsbench.dec_models.registry import ARCHS, LSModel, create_model, get_method
 
@@ -199,13 +200,15 @@ class _Timers:
 
 def breakdown(arch: str, variant: str, args: argparse.Namespace, device: torch.device, runs: int = 3) -> dict[str, Any]:
     """Where DEC's forward time goes (ms per forward, mean of ``runs`` after a warm-up)."""
+    model = _build(arch, variant, args.size, args.img_size, head_std=args.head_std, worst_iter=args.worst_iter)
+    x = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=torch.Generator().manual_seed(0))
+    return {"arch": arch, "variant": variant, **model_breakdown(model, x, device, runs)}
+
+
+def model_breakdown(model: LSModel, x: torch.Tensor, device: torch.device, runs: int = 3) -> dict[str, Any]:
+    """:func:`breakdown` of a built (or loaded) DEC model on the batch ``x``."""
     sync = _sync(device)
-    model = (
-        _build(arch, variant, args.size, args.img_size, head_std=args.head_std, worst_iter=args.worst_iter)
-        .eval()
-        .to(device)
-    )
-    x = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=torch.Generator().manual_seed(0)).to(device)
+    model, x = model.eval().to(device), x.to(device)
     timers = _Timers(sync)
     saved_warp, saved_unwarp = M.warp, M.unwarp
     M.warp = timers.wrap(lambda: "warp_in_solver" if timers.in_canon else "warp_input", saved_warp)
@@ -252,8 +255,6 @@ def breakdown(arch: str, variant: str, args: argparse.Namespace, device: torch.d
     sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     ops = sorted(prof.key_averages(), key=lambda e: getattr(e, sort_key), reverse=True)[:10]
     return {
-        "arch": arch,
-        "variant": variant,
         "runs": runs,
         "note": "timers wrap each call (with a device sync on CUDA), so parts add a little overhead; "
         "backbone_ms = forward_ms - DEC parts",
@@ -291,23 +292,17 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One training step of one model in this (fresh) process; prints its peak memory as JSON."""
     device = torch.device(spec["device"])
     torch.set_num_threads(spec["threads"])
-    model = (
-        _build(
-            spec["arch"],
-            spec["variant"],
-            spec["size"],
-            spec["img_size"],
-            head_std=spec["head_std"],
-            worst_iter=spec["worst_iter"],
-            optim_steps=spec["optim_steps"],
-        )
-        .train()
-        .to(device)
-    )
+    if "checkpoint" in spec:  # a trained model (``--trained``)
+        model = load_model(Path(spec["checkpoint"]))[0]
+        spec = {**spec, "variant": model.config.method, "arch": model.config.arch, "size": model.config.size}
+    else:
+        model = _build(spec["arch"], spec["variant"], spec["size"], spec["img_size"], head_std=spec["head_std"],
+                       worst_iter=spec["worst_iter"], optim_steps=spec["optim_steps"])
+    model = model.train().to(device)
     method_loss = get_method(model.config.method).loss
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(spec["batch"], 3, spec["img_size"], spec["img_size"], generator=gen).to(device)
-    y = torch.randint(0, NUM_CLASSES, (spec["batch"],), generator=gen).to(device)
+    y = torch.randint(0, model.config.num_classes, (spec["batch"],), generator=gen).to(device)
     params_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     # A warm-up step absorbs one-time costs (lazy library init, kernel/primitive caches: ~50 MB and
     # seconds on CPU); its activations and gradients are freed before the measured step.
@@ -441,7 +436,7 @@ def memory(arch: str, args: argparse.Namespace, device: torch.device) -> dict[st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    ap.add_argument("--archs", nargs="*", default=list(ARCHS), choices=ARCHS)
     ap.add_argument("--size", default="tiny", choices=("micro", "tiny", "small", "base"))
     ap.add_argument("--batch", type=int, default=None, help="forward batch (default: 8 on CPU, 128 on CUDA)")
     ap.add_argument("--img-size", type=int, default=224)
@@ -456,6 +451,10 @@ def main() -> None:
     ap.add_argument("--mem-time-repeats", type=int, default=2, help="timed training steps after the memory step")
     ap.add_argument("--optim-steps", type=int, default=10, help="unrolled gradient steps of Optim")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--trained", type=Path, default=None,
+                    help="a study folder (`lsbench study run`): measure its trained Aug and DEC checkpoints")
+    ap.add_argument("--trained-batch", type=int, default=64, help="batch of the trained-checkpoint measurement")
+    ap.add_argument("--trained-rounds", type=int, default=8, help="timed rounds of the trained measurement")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dec_overhead.json")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -472,6 +471,24 @@ def main() -> None:
     args.batch = args.batch or (128 if device.type == "cuda" else 8)
     args.repeats = args.repeats or (10 if device.type == "cuda" else 5)
     start = time.perf_counter()
+
+    trained = {}
+    if args.trained is not None:
+        import dec_trained
+
+        runs = dec_trained.find_runs(args.trained)
+        if not runs:
+            raise SystemExit(f"--trained {args.trained}: no finished {{arch}}_aug and {{arch}}_dec runs in it")
+
+        def trained_memory(spec: dict[str, Any]) -> dict[str, Any]:
+            return _run_worker({"device": device.type, "threads": torch.get_num_threads(), "time_repeats": 0,
+                                **spec})
+
+        for arch, arch_runs in runs.items():
+            trained[arch] = dec_trained.measure(arch, arch_runs, batch=args.trained_batch,
+                                                rounds=args.trained_rounds, memory=trained_memory,
+                                                breakdown=lambda m, x: model_breakdown(m, x, device))
+            print(f"trained {arch}: {json.dumps(trained[arch])}", file=sys.stderr, flush=True)
 
     fwd = {}
     for arch in args.archs:
@@ -542,7 +559,12 @@ def main() -> None:
             "forward_overhead": {a: {v: r[v]["overhead"] for v in DEC_VARIANTS} for a, r in fwd.items()},
             "forward_dec_share_of_time": {a: {v: r[v]["dec_share"] for v in DEC_VARIANTS} for a, r in fwd.items()},
             "memory_step_peak_delta_mb": {a: m.get("summary_step_peak_delta_mb") for a, m in mem.items()},
+            "trained_forward_ratio_dec_over_aug": {a: t["forward_ratio_dec_over_aug"] for a, t in trained.items()},
+            "trained_dec_share": {a: t["dec_share"] for a, t in trained.items()},
+            "trained_train_step_ratio_dec_over_aug": {a: t["train_step_ratio_dec_over_aug"]
+                                                      for a, t in trained.items()},
         },
+        "trained": trained,
         "forward": fwd,
         "breakdown": prof,
         "memory": mem,

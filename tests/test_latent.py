@@ -291,6 +291,23 @@ def test_dec_returns_valid_psi_and_finite_stats():
     assert dec.body[0].weight.grad.abs().sum() > 0
 
 
+def test_dec_logits_are_the_pooled_maps_projected():
+    """The head projects the channels before pooling; both are linear, so that is the pool then the 1x1 conv."""
+    torch.manual_seed(0)
+    head = C._LogitHead(16, (4, 3), max_logit=2.0)
+    with torch.no_grad():
+        for conv in (head.x_head, head.y_head):
+            conv.weight.normal_(0, 0.3)
+            conv.bias.normal_(0, 0.3)
+    h = torch.randn(2, 16, 13, 11, dtype=torch.float64)
+    head = head.double()
+    lx, ly = head(h)
+    ref_x = head.x_head(F.adaptive_avg_pool2d(h, (5, 3)))[:, 0]
+    ref_y = head.y_head(F.adaptive_avg_pool2d(h, (4, 4)))[:, 0].transpose(1, 2)
+    torch.testing.assert_close(lx, 2.0 * torch.tanh(ref_x / 2.0), atol=1e-12, rtol=0)
+    torch.testing.assert_close(ly, 2.0 * torch.tanh(ref_y / 2.0), atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("backward", ["implicit", "phantom"])
 def test_dec_learns_to_canonicalize_a_toy_pattern(backward):
     """Train DEC so that warp(I_s, DEC(I_s)) ≈ I for random scalings I_s = warp(I, phi) of one pattern."""

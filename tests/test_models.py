@@ -422,6 +422,26 @@ def test_checkpoint_records_dec_backward(tmp_path):
         assert layers and all(layer.canonicalizer.backward == backward for layer in layers)
 
 
+def test_dec_canonicalizer_size_is_recorded_and_a_checkpoint_from_before_loads_as_it_was(tmp_path):
+    model = micro("resnet_dec", 3)
+    canon = adapted_layers(model.backbone)[0].canonicalizer
+    assert (model.config.dec_width, model.config.dec_resolution) == (32, 8)
+    assert canon.body[0].out_channels == 32 and canon.body[3].out_channels == 64 and canon.resolution == 8
+    # A checkpoint written before the fields existed holds the first design: 64/128 channels at 32 px.
+    old = micro("resnet_dec", 3, dec_width=64, dec_resolution=32)
+    _randomise(old)
+    path = checkpoint.save(tmp_path / "old.pt", old.eval())
+    raw = torch.load(path, weights_only=True)
+    for key in ("dec_width", "dec_resolution"):
+        del raw["model_config"][key]
+    torch.save(raw, path)
+    loaded, _ = checkpoint.load_model(path)
+    assert (loaded.config.dec_width, loaded.config.dec_resolution) == (64, 32)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), old(x))
+
+
 def test_truncated_checkpoint_is_a_config_error(tmp_path):
     path = checkpoint.save(tmp_path / "model.pt", micro("resnet_base", 3))
     data = path.read_bytes()

@@ -417,6 +417,56 @@ def test_zero_logits_give_identity(grid):
 
 
 # --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("grid, shape", [(4, (16, 20)), ((3, 5), (7, 9)), (2, (1, 6))])
+def test_displacement_field_is_evaluate_at_the_pixel_centres(grid, shape):
+    phi = m.sample(3, grid, 0.4, gen(3), dtype=F64)
+    p = m.pixel_centers(*shape, dtype=F64).expand(3, -1, -1, -1)
+    torch.testing.assert_close(m.displacement_field(phi, *shape), m.evaluate(phi, p) - p, atol=1e-14, rtol=0)
+    assert m.displacement_field(m.identity(2, grid, dtype=F64), *shape).abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype, atol", [(F64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_fast_warp_reads_the_points_of_the_exact_warp(dtype, atol, mode):
+    x = smooth_image(3, 4, 24, 32, seed=5).to(dtype)
+    phi = m.sample(3, 4, 0.4, gen(6), dtype=dtype)
+    if mode == "nearest":  # a point on a pixel border may round either way: compare where it cannot
+        x = x.round(decimals=1)
+    fast, exact = m.warp(x, phi, mode=mode, exact=False), m.warp(x, phi, mode=mode)
+    if mode == "bilinear":
+        torch.testing.assert_close(fast, exact, atol=atol, rtol=0)
+    else:
+        assert (fast == exact).double().mean() > 0.99
+    torch.testing.assert_close(m.warp(x, m.identity(3, 4, dtype=dtype), exact=False), x, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("fn", [m.warp, m.unwarp], ids=["warp", "unwarp"])
+def test_fast_path_keeps_identity_samples_bit_exact_and_their_gradient(fn):
+    x = smooth_image(2, 3, 12, 14, seed=10).requires_grad_()
+    phi = torch.cat([m.identity(1, 4), m.sample(1, 4, 0.3, gen(11))]).requires_grad_()
+    out = fn(x, phi, exact=False)
+    assert torch.equal(out[0], x[0]) and not torch.equal(out[1], x[1])
+    torch.testing.assert_close(out[1], fn(x, phi)[1], atol=2e-5, rtol=0)
+    weights = torch.rand(2, 3, 12, 14, generator=gen(12))
+    (out * weights).sum().backward()
+    fast_grad = phi.grad.clone()
+    phi.grad = None
+    (fn(x, phi) * weights).sum().backward()
+    # At the identity every point sits on a pixel centre, a kink of bilinear sampling: the two
+    # samplers take one-sided derivatives from either side there, but the gradient still moves phi.
+    assert fast_grad[0].abs().max() > 1e-3
+    torch.testing.assert_close(fast_grad[1], phi.grad[1], atol=1e-3, rtol=1e-3)
+
+
+def test_fast_warp_gradients_match_the_exact_warp():
+    x = smooth_image(2, 3, 12, 14, seed=7).double().requires_grad_()
+    phi = m.sample(2, 3, 0.3, gen(8), dtype=F64).requires_grad_()
+    weights = torch.rand(2, 3, 12, 14, generator=gen(9), dtype=F64)
+    grads = [torch.autograd.grad((m.warp(x, phi, exact=e) * weights).sum(), (x, phi)) for e in (True, False)]
+    for exact, fast in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, exact, atol=1e-10, rtol=0)
+
+
 # 8. gradients
 # --------------------------------------------------------------------------------------------
 

@@ -80,6 +80,9 @@ def test_plan_keys_are_stable_and_follow_the_config(data, tmp_path):
     assert other[0] == keys[0] and other[1:] != keys[1:] and not set(other[1:]) & set(keys[1:])
     start = [r.key for r in plan_study(study(data, tmp_path / "a", lr=1e-4)).runs]
     assert not set(start) & set(keys)  # a new start: its fine-tunes are new runs too
+    # Another method's option is not part of a run's identity: a DEC setting changes the DEC run only.
+    dec = {r.model: r.key for r in plan_study(study(data, tmp_path / "a", train=("dec_width=16",))).runs}
+    assert dec["resnet_aug"] == keys[0] and dec["resnet_invl"] == keys[1] and dec["resnet_dec"] != keys[2]
 
 
 def test_start_none_trains_every_method_from_scratch(data, tmp_path):

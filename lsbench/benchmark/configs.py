@@ -13,6 +13,10 @@ from typing import Any
 from ..dec_models.archs import SIZES
 from ..options import option
 
+# TrainConfig fields that are create_model() options of the model a run trains.
+MODEL_OPTIONS = ("img_size", "grid", "latent_mode", "dec_backward", "dec_width", "dec_resolution", "aug_strength",
+                 "loss_weight")
+
 
 @dataclass
 class TrainConfig:
@@ -63,12 +67,24 @@ class TrainConfig:
         None, help="DEC backward: implicit or phantom (the paper code's) (default: the method's, implicit).",
         choices=("implicit", "phantom"),
     )
+    dec_width: int | None = option(
+        None, help="Channels of DEC's canonicalizer CNN, first layer (the second has twice as many) "
+        "(default: the method's, 32).", min=1,
+    )
+    dec_resolution: int | None = option(
+        None, help="Longer side DEC's canonicalizer sees the map at, area-downsampled (default: the method's, 8).",
+        min=1,
+    )
     aug_strength: float | None = option(
         None, help="Strength of Ω for aug/invl/augl (default: the method's, 0.25).", min=0
     )
     loss_weight: float | None = option(
         None, help="Weight of the extra loss of invl/augl (default: the method's, 1.0).", min=0
     )
+
+    def model_options(self) -> dict[str, Any]:
+        """The :func:`~lsbench.dec_models.registry.create_model` options this run builds its model with."""
+        return {k: getattr(self, k) for k in MODEL_OPTIONS}
 
     def __post_init__(self) -> None:
         # Folders as the CLI always recorded them (``ds/`` and ``ds`` are one run's data, for --resume).

@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from torch.distributed.algorithms.join import Join
 from ..dataset import Dataset, open_dataset
 from ..dec_models import checkpoint, transfer
 from ..dec_models.archs import get_arch
+from ..dec_models.methods import LEGACY
 from ..dec_models.methods import paper_defaults as method_defaults
 from ..dec_models.registry import LSModel, create_model, get_method, list_families, parse_name
 from ..errors import ConfigError
@@ -209,6 +210,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
     if resume:
         ckpt = checkpoint.read(last_path)
         stored = ckpt.get("train_config", {})
+        # A run started before a model option existed resumes with the design it was started with.
+        built = {**LEGACY, **ckpt.get("model_config", {})}
+        cfg = replace(cfg, **{k: built[k] for k in LEGACY if k not in stored})
         changed = [k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and stored.get(k) != v]
         if ckpt.get("world_size", world) != world:
             changed.append(f"world size ({ckpt['world_size']} processes)")
@@ -220,9 +224,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
 
     model = create_model(
         cfg.model, info.num_classes, task=info.task, size=cfg.size,
-        pretrained=None if ckpt else cfg.pretrained, img_size=cfg.img_size, grid=cfg.grid,
-        latent_mode=cfg.latent_mode, dec_backward=cfg.dec_backward, aug_strength=cfg.aug_strength,
-        loss_weight=cfg.loss_weight,
+        pretrained=None if ckpt else cfg.pretrained, **cfg.model_options(),
     ).to(device)
     if ckpt:
         model.load_state_dict(ckpt["state_dict"])

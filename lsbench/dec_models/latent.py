@@ -99,11 +99,11 @@ class CanonicalizedLayer(nn.Module):
         grid, prefix = _to_grid(x, self.layout, self._tokens)
         psi = self.canonicalizer(grid)
         self.last_psi = psi.detach()  # for inspection; detached so it does not keep the graph alive
-        y = self.layer(_from_grid(M.warp(grid, psi), self.layout, prefix), *args, **kwargs)
+        y = self.layer(_from_grid(M.warp(grid, psi, exact=False), self.layout, prefix), *args, **kwargs)
         if self.mode == "invariant":
             return y
         out_grid, out_prefix = _to_grid(y, self.layout, self._tokens)
-        return _from_grid(M.unwarp(out_grid, psi), self.layout, out_prefix)
+        return _from_grid(M.unwarp(out_grid, psi, exact=False), self.layout, out_prefix)
 
 
 def _channels(family: str, model: nn.Module, path: str) -> int:

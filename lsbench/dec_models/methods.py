@@ -175,11 +175,19 @@ def canon_canonicalizer(cfg: ModelConfig) -> Callable[[int], nn.Module]:
 
 def dec_canonicalizer(cfg: ModelConfig) -> Callable[[int], nn.Module]:
     return lambda ch: C.DEC(ch, grid=cfg.grid, backward=cfg.dec_backward, solver=cfg.dec_solver,
-                            max_iter=cfg.dec_max_iter, tol=cfg.dec_tol)
+                            max_iter=cfg.dec_max_iter, tol=cfg.dec_tol,
+                            channels=(cfg.dec_width, 2 * cfg.dec_width), resolution=cfg.dec_resolution)
 
 
 # --------------------------------------------------------------------------- the registered methods
 
+# DEC's canonicalizer CNN: the paper's is 2 layers of 64 and 128 channels; lsbench's default is
+# DEC_WIDTH, 2 * DEC_WIDTH channels on the map area-downsampled to DEC_RESOLUTION px (see perf/dec_overhead.py
+# for what each costs and gives).
+DEC_WIDTH, DEC_RESOLUTION = 32, 8
+# What models recorded before a field existed: the canonicalizer of a checkpoint without
+# ``dec_width``/``dec_resolution`` is the first design, 64/128 channels at up to 32 px.
+LEGACY = {"dec_width": 64, "dec_resolution": 32}
 # Canon's 64 candidates are Sec. 5.1's; DEC's Anderson solver and implicit backward are Sec. 4.2's.
 # The paper gives no strength of Ω, weight λ, DEQ tolerance or iteration cap: those values are ours.
 register_method(Method("base", plain_loss))
@@ -189,4 +197,5 @@ register_method(Method("invl", invl_loss, defaults={**AUG.defaults, "loss_weight
 register_method(Method("augl", augl_loss, defaults={**AUG.defaults, "loss_weight": 1.0}))
 register_method(Method("dec", plain_loss, dec_canonicalizer, defaults={
     "dec_backward": "implicit", "dec_solver": "anderson", "dec_max_iter": 20, "dec_tol": 1e-3,
+    "dec_width": DEC_WIDTH, "dec_resolution": DEC_RESOLUTION,
 }))

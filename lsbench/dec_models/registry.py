@@ -33,7 +33,7 @@ from . import timm_plain
 from .archs import SIZES, Arch, get_arch, list_archs
 from .dpt import DPTHead
 from .latent import adapted_layers, canonicalize_layers
-from .methods import get_method, list_methods, paper_defaults
+from .methods import LEGACY, get_method, list_methods, paper_defaults
 from .weights import apply_pretrained
 
 ARCHS = tuple(list_archs())  # the registered names, for callers that group by them (the leaderboard)
@@ -119,6 +119,8 @@ class ModelConfig:
     dec_solver: str = _PAPER["dec_solver"]
     dec_max_iter: int = _PAPER["dec_max_iter"]
     dec_tol: float = _PAPER["dec_tol"]
+    dec_width: int = _PAPER["dec_width"]
+    dec_resolution: int = _PAPER["dec_resolution"]
     canon_candidates: int = _PAPER["canon_candidates"]
     aug_strength: float = _PAPER["aug_strength"]
     loss_weight: float = _PAPER["loss_weight"]
@@ -247,7 +249,7 @@ def create_model(
 
 def model_from_config(config: dict[str, Any]) -> LSModel:
     """Rebuild a model (random weights) from a stored :class:`ModelConfig` dict."""
-    cfg = dict(config)
+    cfg = {**LEGACY, **config}
     name, num_classes = cfg.pop("name"), cfg.pop("num_classes")
     task, size = cfg.pop("task"), cfg.pop("size")
     cfg.pop("timm_name", None)

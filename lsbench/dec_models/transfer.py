@@ -26,7 +26,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import ConfigError
-from .methods import get_method
+from .methods import LEGACY, get_method
 
 CANONICALIZER, LAYER = "canonicalizer", "layer"
 
@@ -100,7 +100,7 @@ def check_compatible(source: dict[str, Any], target: dict[str, Any], path: Path 
 def _same_kind(source: dict[str, Any], target: dict[str, Any]) -> bool:
     """Whether the two models' canonicalizers are one design (same method factory, grid, candidates)."""
     src, tgt = get_method(source["name"].partition("_")[2]), get_method(target["name"].partition("_")[2])
-    keys = ("grid", "canon_candidates")
+    keys = ("grid", "canon_candidates", "dec_width", "dec_resolution")
     return src.canonicalizer is tgt.canonicalizer and all(source.get(k) == target.get(k) for k in keys)
 
 
@@ -109,7 +109,7 @@ def init_from(model: Any, ckpt: dict[str, Any], path: Path | str, *, any_input_s
     starting point; see the module docstring.  Incompatible models are one :class:`ConfigError` line."""
     from dataclasses import asdict
 
-    source, target = ckpt["model_config"], asdict(model.config)
+    source, target = {**LEGACY, **ckpt["model_config"]}, asdict(model.config)
     check_compatible(source, target, path, any_input_size)
     own = model.state_dict()
     src_plain, src_canon = split_state(ckpt["state_dict"], source.get("layers"))

@@ -26,7 +26,7 @@ class Timing:
 
 def _kind(run: Run) -> tuple:
     t = run.train
-    return (t.model, t.size, t.img_size, t.batch_size, t.grid, t.latent_mode, t.dec_backward)
+    return (t.model, t.size, t.batch_size, *t.model_options().values())
 
 
 def time_step(run: Run, num_classes: int, task: str) -> Timing:
@@ -37,9 +37,7 @@ def time_step(run: Run, num_classes: int, task: str) -> Timing:
     from ..dec_models.registry import create_model
 
     t = run.train
-    model = create_model(t.model, num_classes, task=task, size=t.size, img_size=t.img_size, grid=t.grid,
-                         latent_mode=t.latent_mode, dec_backward=t.dec_backward, aug_strength=t.aug_strength,
-                         loss_weight=t.loss_weight)
+    model = create_model(t.model, num_classes, task=task, size=t.size, **t.model_options())
     loss_fn = get_method(model.config.method).loss
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)

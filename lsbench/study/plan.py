@@ -33,6 +33,8 @@ from ..benchmark.configs import TrainConfig
 from ..benchmark.results import result_filename
 from ..benchmark.train import resolve
 from ..dataset import Dataset, open_dataset
+from ..dec_models.methods import get_method
+from ..dec_models.methods import paper_defaults as method_defaults
 from ..errors import ConfigError
 from ..util import dumps_json
 from .config import BUDGETS, START_NONE, StudyConfig
@@ -139,7 +141,10 @@ def _make_run(study: StudyConfig, info: Dataset, data: str, arch: str, method: s
     raw = TrainConfig(model=f"{arch}_{method}", data=data, out="-", seed=seed, workers=study.workers,
                       init_from=str(parent.weights) if parent else None, **values)
     cfg = resolve(raw, info)
-    identity = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
+    # The options of other methods (an Aug run records DEC's defaults too) are not what this run computes:
+    # a new DEC default must not retrain every Aug run it would start from.
+    unread = set(method_defaults()) - set(get_method(method).defaults)
+    identity = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY | unread}
     key = f"{cfg.model}-seed{seed}-{_digest({'dataset': dataset, 'train': identity, 'parent': parent and parent.key})}"
     group = _digest({"dataset": dataset, "train": {k: v for k, v in identity.items() if k != "seed"},
                      "parent": parent and parent.group})
