@@ -9,7 +9,9 @@ Used by ``perf/dec_overhead.py --trained STUDY_DIR`` (a folder written by ``lsbe
   adapted layer, and the canonicalizer's design (channels, resolution) read from the checkpoint;
 - **training step**: each model's own registered loss (Aug's random scaling; DEC's task loss through
   the implicit backward), forward + backward + AdamW step, min over rounds, ``step_ratio = dec / aug``;
-- **peak memory** of one training step (:func:`dec_overhead.memory_worker` in a fresh process).
+- **peak memory** of one training step (:func:`dec_overhead.memory_worker` in a fresh process);
+- **Canon** beside them: the study's Canon run if it has one, else a fresh ``{arch}_canon`` (its cost
+  does not depend on its weights), with ``train_step_ratio_canon_over_dec``.
 
 Random-head figures (``dec_random`` in ``dec_overhead``) stay beside these as the second column:
 a trained head is what a user runs, a random one only a stand-in.
@@ -18,6 +20,7 @@ a trained head is what a user runs, a random one only a stand-in.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +29,10 @@ import torch
 
 from lsbench.benchmark.data import loader
 from lsbench.dataset import open_dataset
+from lsbench.dec_models import checkpoint
 from lsbench.dec_models.checkpoint import load_model
 from lsbench.dec_models.latent import adapted_layers
-from lsbench.dec_models.registry import get_method
+from lsbench.dec_models.registry import create_model, get_method
 
 
 def find_runs(study_dir: Path) -> dict[str, dict[str, Path]]:
@@ -70,9 +74,16 @@ def _design(model) -> dict[str, Any]:
 
 
 def measure(arch: str, runs: dict[str, Path], *, batch: int, rounds: int, memory, breakdown=None) -> dict[str, Any]:
-    """Forward, training-step and memory figures of ``arch``'s trained Aug and DEC (and Canon if trained)."""
+    """Forward, training-step and memory figures of ``arch``'s trained Aug and DEC, and of Canon."""
     models = {m: load_model(runs[m] / "last.pt")[0] for m in ("aug", "dec", "canon") if m in runs}
     img = models["dec"].config.img_size
+    canon_note = "trained"
+    if "canon" not in models:  # Canon's cost does not depend on its weights: a fresh one, saved for the memory run
+        cfg = models["aug"].config
+        models["canon"] = create_model(f"{arch}_canon", cfg.num_classes, task=cfg.task, size=cfg.size, img_size=img)
+        runs = {**runs, "canon": Path(tempfile.mkdtemp(prefix="lsbench-canon-"))}
+        checkpoint.save(runs["canon"] / "last.pt", models["canon"])
+        canon_note = "fresh (untrained: its cost does not depend on its weights)"
     x, y = _batch(runs["dec"], img, batch)
     forward = {m: float("inf") for m in models}
     with torch.inference_mode():
@@ -100,7 +111,7 @@ def measure(arch: str, runs: dict[str, Path], *, batch: int, rounds: int, memory
         step_s[m] = _min_time(step, max(2, rounds // 2))
     aug, dec = forward["aug"], forward["dec"]
     out: dict[str, Any] = {
-        "runs": {m: str(p) for m, p in runs.items() if m in models},
+        "runs": {m: str(p) for m, p in runs.items() if m in models}, "canon_weights": canon_note,
         "batch": batch, "img_size": img, "design": _design(models["dec"]),
         "forward_ms": {m: round(1e3 * t, 2) for m, t in forward.items()},
         "forward_ratio_dec_over_aug": round(dec / aug, 3),
@@ -109,9 +120,8 @@ def measure(arch: str, runs: dict[str, Path], *, batch: int, rounds: int, memory
         "train_step_ms": {m: round(1e3 * t, 1) for m, t in step_s.items()},
         "train_step_ratio_dec_over_aug": round(step_s["dec"] / step_s["aug"], 3),
     }
-    if "canon" in models:
-        out["forward_ratio_canon_over_aug"] = round(forward["canon"] / aug, 3)
-        out["train_step_ratio_canon_over_dec"] = round(step_s["canon"] / step_s["dec"], 3)
+    out["forward_ratio_canon_over_aug"] = round(forward["canon"] / aug, 3)
+    out["train_step_ratio_canon_over_dec"] = round(step_s["canon"] / step_s["dec"], 3)
     if breakdown is not None:  # where the trained DEC's forward time goes
         out["breakdown"] = breakdown(models["dec"], x)
     if memory is not None:

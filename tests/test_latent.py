@@ -374,6 +374,18 @@ def test_canon_picks_a_candidate_in_eval_and_mixes_them_in_training():
     assert canon.energy.out.weight.grad.abs().sum() > 0
 
 
+def test_canon_projects_channels_before_warping_as_if_after():
+    """Resampling is linear per channel: projecting the map, then warping the candidates, scores them
+    exactly as projecting each warped candidate would."""
+    torch.manual_seed(0)
+    canon = C.Canon(24, grid=4, num_candidates=8, width=6, resolution=None).double()
+    x = torch.randn(3, 24, 12, 12, dtype=torch.float64)
+    cands = canon.candidates.double()
+    projected_first = M.warp(canon.project(x).repeat_interleave(8, 0), cands.repeat(3, 1, 1, 1), exact=False)
+    warped_first = canon.project(M.warp(x.repeat_interleave(8, 0), cands.repeat(3, 1, 1, 1), exact=False))
+    torch.testing.assert_close(projected_first, warped_first, atol=1e-12, rtol=0)
+
+
 def test_fresh_canon_and_optim_are_the_identity():
     """Zero-initialised energy outputs: a new Canon (eval) or Optim does not warp, so a model fine-tuned
     from Aug starts as Aug (``--init-from``)."""

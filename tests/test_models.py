@@ -98,7 +98,7 @@ def test_list_functions_return_the_registry_content():
 def test_a_registered_method_is_found_by_name():
     dec, canon, aug = (methods.get_method(n) for n in ("dec", "canon", "aug"))
     assert dec.name == "dec" and dec.canonicalizer is methods.dec_canonicalizer and dec.loss is methods.plain_loss
-    assert canon.defaults == {"canon_candidates": 64}
+    assert canon.defaults == {"canon_candidates": 64, "canon_width": 16, "canon_resolution": 8}
     assert aug.canonicalizer is None and aug.loss is methods.aug_loss
     for name in ("base", "aug", "invl", "augl"):
         assert methods.get_method(name).canonicalizer is None
@@ -422,21 +422,31 @@ def test_checkpoint_records_dec_backward(tmp_path):
         assert layers and all(layer.canonicalizer.backward == backward for layer in layers)
 
 
-def test_dec_canonicalizer_size_is_recorded_and_a_checkpoint_from_before_loads_as_it_was(tmp_path):
-    model = micro("resnet_dec", 3)
-    canon = adapted_layers(model.backbone)[0].canonicalizer
-    assert (model.config.dec_width, model.config.dec_resolution) == (32, 8)
-    assert canon.body[0].out_channels == 32 and canon.body[3].out_channels == 64 and canon.resolution == 8
-    # A checkpoint written before the fields existed holds the first design: 64/128 channels at 32 px.
-    old = micro("resnet_dec", 3, dec_width=64, dec_resolution=32)
+def test_canonicalizer_sizes_are_recorded():
+    dec = adapted_layers(micro("resnet_dec", 3).backbone)[0].canonicalizer
+    assert dec.body[0].out_channels == 32 and dec.body[3].out_channels == 64 and dec.resolution == 8
+    canon = adapted_layers(micro("resnet_canon", 3).backbone)[0].canonicalizer
+    assert canon.project.out_channels == 16 and canon.resolution == 8
+    assert adapted_layers(micro("resnet_canon", 3, canon_width=0).backbone)[0].canonicalizer.project is None
+
+
+@pytest.mark.parametrize("name, first_design", [
+    ("resnet_dec", {"dec_width": 64, "dec_resolution": 32}),
+    ("resnet_canon", {"canon_width": 0, "canon_resolution": 32}),
+])
+def test_a_checkpoint_from_before_the_size_options_loads_as_it_was(tmp_path, name, first_design):
+    """Checkpoints written before the fields existed hold the first design (DEC 64/128 channels at
+    32 px; Canon on all channels at 32 px)."""
+    assert all(getattr(micro(name, 3).config, k) != v for k, v in first_design.items())
+    old = micro(name, 3, **first_design)
     _randomise(old)
     path = checkpoint.save(tmp_path / "old.pt", old.eval())
     raw = torch.load(path, weights_only=True)
-    for key in ("dec_width", "dec_resolution"):
+    for key in first_design:
         del raw["model_config"][key]
     torch.save(raw, path)
     loaded, _ = checkpoint.load_model(path)
-    assert (loaded.config.dec_width, loaded.config.dec_resolution) == (64, 32)
+    assert all(getattr(loaded.config, k) == v for k, v in first_design.items())
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), old(x))

@@ -278,6 +278,19 @@ def test_a_run_whose_record_no_longer_matches_is_refused(finished, tmp_path):
         plan_study(study(Path(plan.study.data[0]), tmp_path / "s", seeds=(0, 1), name="tiny"))
 
 
+def test_a_record_without_another_methods_option_still_matches(finished, tmp_path):
+    """An Aug run recorded before a DEC option existed is the same Aug run (see the run identity)."""
+    plan, _ = finished
+    shutil.copytree(plan.out, tmp_path / "s")
+    record_path = tmp_path / "s" / "runs" / "mnist1" / plan.runs[0].key / "run.json"
+    record = json.loads(record_path.read_text())
+    assert plan.runs[0].method == "aug"
+    del record["train"]["dec_width"], record["train"]["canon_width"]
+    record_path.write_text(json.dumps(record))
+    again = plan_study(study(Path(plan.study.data[0]), tmp_path / "s", seeds=(0, 1), name="tiny"))
+    assert again.runs[0].status == "done"
+
+
 # --------------------------------------------------------------------------- the command line
 
 

@@ -14,8 +14,8 @@ from ..dec_models.archs import SIZES
 from ..options import option
 
 # TrainConfig fields that are create_model() options of the model a run trains.
-MODEL_OPTIONS = ("img_size", "grid", "latent_mode", "dec_backward", "dec_width", "dec_resolution", "aug_strength",
-                 "loss_weight")
+MODEL_OPTIONS = ("img_size", "grid", "latent_mode", "dec_backward", "dec_width", "dec_resolution", "canon_width",
+                 "canon_resolution", "aug_strength", "loss_weight")
 
 
 @dataclass
@@ -74,6 +74,13 @@ class TrainConfig:
     dec_resolution: int | None = option(
         None, help="Longer side DEC's canonicalizer sees the map at, area-downsampled (default: the method's, 8).",
         min=1,
+    )
+    canon_width: int | None = option(
+        None, help="Channels Canon's energy sees, projected by a 1x1 conv before the candidates are warped "
+        "(0: all) (default: the method's, 16).", min=0,
+    )
+    canon_resolution: int | None = option(
+        None, help="Longer side Canon's energy sees the map at (default: the method's, 8).", min=1,
     )
     aug_strength: float | None = option(
         None, help="Strength of Ω for aug/invl/augl (default: the method's, 0.25).", min=0

@@ -7,11 +7,13 @@ canonical form of ``F`` and ``unwarp(·, psi)`` maps results back.  In the paper
 cheap, exact ``warp``, and the (Newton) inverse runs once per forward, in ``unwarp``.
 
 - :class:`DEC` — the Deep Equilibrium Canonicalizer (Sec. 4.2): ``H(z; F)`` is a 2-layer CNN
-  (64, 128 channels) with adaptive pooling to the interval logits of ``psi``, applied to
+  (the paper's 64, 128 channels; lsbench's default 32, 64 on the map area-downsampled to 8 px, see
+  :mod:`.methods`) with adaptive pooling to the interval logits of ``psi``, applied to
   ``warp(F, from_logits(z))``; ``z* = H(z*; F)`` is found by Anderson acceleration and trained
   through with implicit differentiation (or the paper code's one-step phantom gradient).
 - :class:`Canon` — discretised search: a fixed set of 64 (or 25) candidate scalings including the
-  identity, scored by a 3-layer CNN energy; argmin at eval, soft-min weights while training.
+  identity, scored by a 3-layer CNN energy on the map projected to a few channels; argmin at eval,
+  soft-min weights while training.
 - :class:`Optim` — canonicalization by gradient descent on the same energy (Eq. 7), unrolled:
   the memory reference DEC is compared against.
 - :class:`Oracle` / :class:`Fixed` — return a given ``psi`` (tests, ablations, identity).
@@ -68,7 +70,10 @@ def _cnn(in_channels: int, channels: tuple[int, ...]) -> nn.Sequential:
     layers: list[nn.Module] = []
     c = in_channels
     for out in channels:
-        layers += [nn.Conv2d(c, out, 3, padding=1), nn.GroupNorm(min(8, out), out), nn.GELU()]
+        groups = min(8, out)
+        while out % groups:  # any width: the largest group count up to 8 that divides it
+            groups -= 1
+        layers += [nn.Conv2d(c, out, 3, padding=1), nn.GroupNorm(groups, out), nn.GELU()]
         c = out
     return nn.Sequential(*layers)
 
@@ -158,6 +163,13 @@ class Canon(nn.Module):
     ``num_candidates`` 64 (MNIST, segmentation) or 25 (ImageNet) as in the paper.  Training uses
     the soft-min weighted mean of the candidates (a convex combination of monotone grids is
     monotone), so the energy gets gradients; eval takes the argmin.
+
+    ``width``: a 1x1 convolution first projects the map to ``width`` channels and the energy CNN has
+    ``width, 2 width, 2 width`` channels (0: no projection, a (32, 64, 64) CNN: the first design).
+    Resampling is linear per channel, so projecting before warping the candidates is the same as
+    projecting after, while the 64 warped copies hold ``width`` channels instead of all of them —
+    the paper does not fix Canon's energy, and this is what makes its training affordable (see
+    ``perf/dec_overhead.py``).
     """
 
     def __init__(
@@ -169,9 +181,12 @@ class Canon(nn.Module):
         strength: float = 0.25,
         resolution: int | None = 32,
         temperature: float = 1.0,
+        width: int = 16,
     ):
         super().__init__()
-        self.energy = _Energy(in_channels)
+        self.project = nn.Conv2d(in_channels, width, 1) if width else None
+        # The energy follows the projection's width (w, 2w, 2w); the first design was (32, 64, 64) on all channels.
+        self.energy = _Energy(width, (width, 2 * width, 2 * width)) if width else _Energy(in_channels)
         self.resolution = resolution
         self.temperature = temperature
         self.register_buffer("candidates", candidate_set(num_candidates, grid, strength), persistent=False)
@@ -179,6 +194,8 @@ class Canon(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         small = _downsample(x, self.resolution)
+        if self.project is not None:
+            small = self.project(small)
         b, n = x.shape[0], self.candidates.shape[0]
         cands = self.candidates  # float32 even under AMP: low-precision node grids warp badly
         warped = M.warp(small.repeat_interleave(n, 0), cands.repeat(b, 1, 1, 1), exact=False)

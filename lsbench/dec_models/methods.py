@@ -170,7 +170,8 @@ def augl_loss(model: LSModel, x: Tensor, y: Tensor, *, label_smoothing: float = 
 
 
 def canon_canonicalizer(cfg: ModelConfig) -> Callable[[int], nn.Module]:
-    return lambda ch: C.Canon(ch, grid=cfg.grid, num_candidates=cfg.canon_candidates)
+    return lambda ch: C.Canon(ch, grid=cfg.grid, num_candidates=cfg.canon_candidates, width=cfg.canon_width,
+                              resolution=cfg.canon_resolution)
 
 
 def dec_canonicalizer(cfg: ModelConfig) -> Callable[[int], nn.Module]:
@@ -185,14 +186,19 @@ def dec_canonicalizer(cfg: ModelConfig) -> Callable[[int], nn.Module]:
 # DEC_WIDTH, 2 * DEC_WIDTH channels on the map area-downsampled to DEC_RESOLUTION px (see perf/dec_overhead.py
 # for what each costs and gives).
 DEC_WIDTH, DEC_RESOLUTION = 32, 8
-# What models recorded before a field existed: the canonicalizer of a checkpoint without
-# ``dec_width``/``dec_resolution`` is the first design, 64/128 channels at up to 32 px.
-LEGACY = {"dec_width": 64, "dec_resolution": 32}
+# Canon: its energy sees the map projected to CANON_WIDTH channels (1x1 conv, before the 64 candidates
+# are warped) at CANON_RESOLUTION px.
+CANON_WIDTH, CANON_RESOLUTION = 16, 8
+# What models recorded before a field existed: the canonicalizers of a checkpoint without these
+# fields are the first designs (DEC 64/128 channels at up to 32 px; Canon on all channels at 32 px).
+LEGACY = {"dec_width": 64, "dec_resolution": 32, "canon_width": 0, "canon_resolution": 32}
 # Canon's 64 candidates are Sec. 5.1's; DEC's Anderson solver and implicit backward are Sec. 4.2's.
 # The paper gives no strength of Ω, weight λ, DEQ tolerance or iteration cap: those values are ours.
 register_method(Method("base", plain_loss))
 AUG = register_method(Method("aug", aug_loss, defaults={"aug_strength": 0.25}))
-register_method(Method("canon", plain_loss, canon_canonicalizer, defaults={"canon_candidates": 64}))
+register_method(Method("canon", plain_loss, canon_canonicalizer, defaults={
+    "canon_candidates": 64, "canon_width": CANON_WIDTH, "canon_resolution": CANON_RESOLUTION,
+}))
 register_method(Method("invl", invl_loss, defaults={**AUG.defaults, "loss_weight": 1.0}))
 register_method(Method("augl", augl_loss, defaults={**AUG.defaults, "loss_weight": 1.0}))
 register_method(Method("dec", plain_loss, dec_canonicalizer, defaults={

@@ -122,6 +122,8 @@ class ModelConfig:
     dec_width: int = _PAPER["dec_width"]
     dec_resolution: int = _PAPER["dec_resolution"]
     canon_candidates: int = _PAPER["canon_candidates"]
+    canon_width: int = _PAPER["canon_width"]
+    canon_resolution: int = _PAPER["canon_resolution"]
     aug_strength: float = _PAPER["aug_strength"]
     loss_weight: float = _PAPER["loss_weight"]
     timm_name: str = ""

@@ -100,7 +100,7 @@ def check_compatible(source: dict[str, Any], target: dict[str, Any], path: Path 
 def _same_kind(source: dict[str, Any], target: dict[str, Any]) -> bool:
     """Whether the two models' canonicalizers are one design (same method factory, grid, candidates)."""
     src, tgt = get_method(source["name"].partition("_")[2]), get_method(target["name"].partition("_")[2])
-    keys = ("grid", "canon_candidates", "dec_width", "dec_resolution")
+    keys = ("grid", "canon_candidates", "canon_width", "canon_resolution", "dec_width", "dec_resolution")
     return src.canonicalizer is tgt.canonicalizer and all(source.get(k) == target.get(k) for k in keys)
 
 

@@ -133,6 +133,13 @@ def _train_values(study: StudyConfig, info: Dataset, arch: str, role: str) -> di
     return values
 
 
+def _identity(cfg: TrainConfig, method: str) -> dict[str, Any]:
+    """What a run computes: its resolved config without where and how it runs, and without the options
+    of other methods (an Aug run records DEC's defaults too: a new DEC default must not retrain it)."""
+    unread = set(method_defaults()) - set(get_method(method).defaults)
+    return {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY | unread}
+
+
 def _make_run(study: StudyConfig, info: Dataset, data: str, arch: str, method: str, seed: int,
               splits: tuple[str, ...], parent: Run | None) -> Run:
     role = "start" if parent is None else "finetune"
@@ -141,10 +148,7 @@ def _make_run(study: StudyConfig, info: Dataset, data: str, arch: str, method: s
     raw = TrainConfig(model=f"{arch}_{method}", data=data, out="-", seed=seed, workers=study.workers,
                       init_from=str(parent.weights) if parent else None, **values)
     cfg = resolve(raw, info)
-    # The options of other methods (an Aug run records DEC's defaults too) are not what this run computes:
-    # a new DEC default must not retrain every Aug run it would start from.
-    unread = set(method_defaults()) - set(get_method(method).defaults)
-    identity = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY | unread}
+    identity = _identity(cfg, method)
     key = f"{cfg.model}-seed{seed}-{_digest({'dataset': dataset, 'train': identity, 'parent': parent and parent.key})}"
     group = _digest({"dataset": dataset, "train": {k: v for k, v in identity.items() if k != "seed"},
                      "parent": parent and parent.group})
@@ -213,8 +217,8 @@ def _read_status(plan: Plan, run: Run) -> None:
         if record.get("dataset", {}).get("manifest_sha256") != want["dataset"]["manifest_sha256"]:
             raise ConfigError(f"{run.folder} was trained on another version of dataset {run.dataset} (its manifest "
                               "changed); remove the run folder to retrain it, or use another --out")
-        changed = sorted(k for k, v in want["train"].items()
-                         if k not in NOT_IDENTITY and record.get("train", {}).get(k) != v)
+        changed = sorted(k for k, v in _identity(run.train, run.method).items()
+                         if record.get("train", {}).get(k) != v)
         if changed:
             raise ConfigError(f"{run.folder} was trained with other {', '.join(changed)}; remove the run folder to "
                               "retrain it, or use another --out")
