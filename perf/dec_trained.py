@@ -32,7 +32,7 @@ from lsbench.dataset import open_dataset
 from lsbench.dec_models import checkpoint
 from lsbench.dec_models.checkpoint import load_model
 from lsbench.dec_models.latent import adapted_layers
-from lsbench.dec_models.registry import create_model, get_method
+from lsbench.dec_models.registry import create_model, get_method, parse_name
 
 
 def find_runs(study_dir: Path) -> dict[str, dict[str, Path]]:
@@ -42,8 +42,7 @@ def find_runs(study_dir: Path) -> dict[str, dict[str, Path]]:
         folder = record.parent
         if not (folder / "done.json").is_file() or not (folder / "last.pt").is_file():
             continue
-        arch, _, rest = folder.name.partition("_")
-        method = rest.partition("-")[0]
+        arch, method = parse_name(json.loads(record.read_text())["train"]["model"])
         found.setdefault(arch, {}).setdefault(method, folder)
     return {arch: runs for arch, runs in found.items() if "aug" in runs and "dec" in runs}
 

@@ -210,9 +210,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
     if resume:
         ckpt = checkpoint.read(last_path)
         stored = ckpt.get("train_config", {})
-        # A run started before a model option existed resumes with the design it was started with.
-        built = {**LEGACY, **ckpt.get("model_config", {})}
-        cfg = replace(cfg, **{k: built[k] for k in LEGACY if k not in stored})
+        # A run started before a model option existed resumes with the design it was started with
+        # (checkpoint.read fills the option from LEGACY).
+        cfg = replace(cfg, **{k: ckpt["model_config"][k] for k in LEGACY if k not in stored})
         changed = [k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and stored.get(k) != v]
         if ckpt.get("world_size", world) != world:
             changed.append(f"world size ({ckpt['world_size']} processes)")

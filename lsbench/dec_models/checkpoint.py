@@ -17,6 +17,7 @@ import torch
 from .. import __version__
 from ..errors import ConfigError
 from ..util import atomic_open
+from .methods import LEGACY
 from .registry import LSModel, config_dict, model_from_config
 
 FORMAT = "lsbench-checkpoint"
@@ -52,6 +53,8 @@ def read(path: Path) -> dict[str, Any]:
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ConfigError(f"{path} is not an lsbench checkpoint (written by `lsbench train`)")
+    if isinstance(ckpt.get("model_config"), dict):  # written before a field existed: the design it was made with
+        ckpt["model_config"] = {**LEGACY, **ckpt["model_config"]}
     return ckpt
 
 

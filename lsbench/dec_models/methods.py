@@ -189,8 +189,9 @@ DEC_WIDTH, DEC_RESOLUTION = 32, 8
 # Canon: its energy sees the map projected to CANON_WIDTH channels (1x1 conv, before the 64 candidates
 # are warped) at CANON_RESOLUTION px.
 CANON_WIDTH, CANON_RESOLUTION = 16, 8
-# What models recorded before a field existed: the canonicalizers of a checkpoint without these
-# fields are the first designs (DEC 64/128 channels at up to 32 px; Canon on all channels at 32 px).
+# What models recorded before a field existed (checkpoint.read fills them in): the canonicalizers of a
+# checkpoint without these fields are the first designs (DEC 64/128 channels at up to 32 px; Canon on
+# all channels at 32 px).
 LEGACY = {"dec_width": 64, "dec_resolution": 32, "canon_width": 0, "canon_resolution": 32}
 # Canon's 64 candidates are Sec. 5.1's; DEC's Anderson solver and implicit backward are Sec. 4.2's.
 # The paper gives no strength of Ω, weight λ, DEQ tolerance or iteration cap: those values are ours.

@@ -33,7 +33,7 @@ from . import timm_plain
 from .archs import SIZES, Arch, get_arch, list_archs
 from .dpt import DPTHead
 from .latent import adapted_layers, canonicalize_layers
-from .methods import LEGACY, get_method, list_methods, paper_defaults
+from .methods import get_method, list_methods, paper_defaults
 from .weights import apply_pretrained
 
 ARCHS = tuple(list_archs())  # the registered names, for callers that group by them (the leaderboard)
@@ -251,7 +251,7 @@ def create_model(
 
 def model_from_config(config: dict[str, Any]) -> LSModel:
     """Rebuild a model (random weights) from a stored :class:`ModelConfig` dict."""
-    cfg = {**LEGACY, **config}
+    cfg = dict(config)
     name, num_classes = cfg.pop("name"), cfg.pop("num_classes")
     task, size = cfg.pop("task"), cfg.pop("size")
     cfg.pop("timm_name", None)

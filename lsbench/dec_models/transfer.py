@@ -26,7 +26,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import ConfigError
-from .methods import LEGACY, get_method
+from .methods import get_method
 
 CANONICALIZER, LAYER = "canonicalizer", "layer"
 
@@ -109,7 +109,7 @@ def init_from(model: Any, ckpt: dict[str, Any], path: Path | str, *, any_input_s
     starting point; see the module docstring.  Incompatible models are one :class:`ConfigError` line."""
     from dataclasses import asdict
 
-    source, target = {**LEGACY, **ckpt["model_config"]}, asdict(model.config)
+    source, target = ckpt["model_config"], asdict(model.config)
     check_compatible(source, target, path, any_input_size)
     own = model.state_dict()
     src_plain, src_canon = split_state(ckpt["state_dict"], source.get("layers"))
