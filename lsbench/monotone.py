@@ -29,6 +29,8 @@ All coordinates are in ``[0, 1]`` with ``(0, 0)`` the top-left corner of the ima
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -55,6 +57,24 @@ __all__ = [
 
 Grid = int | tuple[int, int]
 
+
+def _full_precision(fn):
+    """Run ``fn`` (first argument a map or points) with autocast off on its device.
+
+    Under AMP, autocast would compute the coordinates' einsum/matmul in bfloat16 (8 mantissa bits:
+    about a pixel of error at 224 px) and ``linalg.det`` has no bfloat16 kernel; the maps themselves
+    are float32 (the DEC iterate stays float32), so turning autocast off is all it takes.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(first: Tensor, *args, **kwargs):
+        kind = first.device.type
+        if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+            with torch.autocast(kind, enabled=False):
+                return fn(first, *args, **kwargs)
+        return fn(first, *args, **kwargs)
+
+    return wrapped
 
 def _grid(grid: Grid) -> tuple[int, int]:
     gy, gx = (grid, grid) if isinstance(grid, int) else grid
@@ -412,6 +432,7 @@ def _hat_weights(n: int, g: int, *, device, dtype) -> Tensor:
     return (1 - (centres[:, None] - torch.arange(g + 1, device=device, dtype=dtype)).abs()).clamp_min(0)
 
 
+@_full_precision
 def displacement_field(phi: Tensor, h: int, w: int) -> Tensor:
     """``l(p) - p`` at the ``h × w`` pixel centres, ``(B, h, w, 2)``.
 
@@ -524,6 +545,7 @@ def _fit_points(phi: Tensor) -> Tensor:
     return pixel_centers(8 * gy, 8 * gx, device=phi.device, dtype=phi.dtype).reshape(-1, 2)
 
 
+@_full_precision
 def _fit(pts: Tensor, targets: Tensor, gy: int, gx: int) -> Tensor:
     """Least-squares projection onto the family of a map sampled as ``targets`` ``(B, N, 2)``.
 
@@ -593,6 +615,7 @@ def inverse(phi: Tensor, *, method: str = "newton") -> Tensor:
     return _project_map(phi, lambda q: invert_points(phi, q)[0])
 
 
+@_full_precision
 def is_valid(phi: Tensor, *, atol: float = 1e-6) -> Tensor:
     """``(B,)`` bool: ends pinned at 0 and 1, strictly increasing knots, no fold (det J > 0).
 
@@ -645,6 +668,7 @@ def cell_jacobian(phi: Tensor) -> Tensor:
     return jacobian(phi, centres)
 
 
+@_full_precision
 def cell_scale(phi: Tensor) -> Tensor:
     """Local scale factor of ``warp(·, phi)`` per grid cell of the output, ``(B, gy, gx)``.
 

@@ -21,6 +21,9 @@ Usage: ``python perf/imagenet_learned.py [--device cpu|cuda] [--photos N] [--bat
 vit_h] [--no-fp16]``.  CPU defaults keep the run to about 5 minutes on 2 cores: 2 photos, batch 2, vit_h on 1
 photo, no warm-up call for GDINO/SAM (eager CPU has little first-call overhead next to ~10-50 s a photo),
 2 for LaMa (TorchScript optimises after its profiling runs).  CUDA defaults: 64 photos, batch 16, 1 warm-up.
+``--tiny`` swaps in the tests' tiny configurations of the same three architectures (``tests/tiny_learned.py``,
+``tests/tiny_lama.py``) on 64-px photos: a seconds-long run of the same loading and batching code, the dry
+mode of ``perf/gpu_check.py``; its figures say nothing about the real models' speed.
 Writes ``perf/results/imagenet_learned.json`` and prints it.
 """
 
@@ -42,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from tiny_lama import lama_like  # noqa: E402
+from tiny_learned import save_tiny_gdino, tiny_sam_state  # noqa: E402
 
 from lsbench import __version__  # noqa: E402
 from lsbench.generators.imagenet import learned  # noqa: E402
@@ -53,9 +57,10 @@ CLASSES = ["goldfish", "tench", "great white shark", "tree frog", "golden retrie
            "espresso"]
 
 
-def photos(n: int) -> list[np.ndarray]:
+def photos(n: int, tiny: bool = False) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    return [rng.integers(0, 256, size=(*SIZES[i % len(SIZES)], 3), dtype=np.uint8) for i in range(n)]
+    sizes = [(h // 8, w // 8) for h, w in SIZES] if tiny else SIZES
+    return [rng.integers(0, 256, size=(*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(n)]
 
 
 def centre_box(image: np.ndarray) -> tuple[float, float, float, float]:
@@ -75,7 +80,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def save_gdino(folder: Path) -> int:
+def save_gdino(folder: Path, tiny: bool = False) -> int:
+    if tiny:
+        from safetensors.torch import load_file
+
+        save_tiny_gdino(folder, words=sorted({w for c in CLASSES for w in c.split()}))
+        return sum(t.numel() for t in load_file(folder / "model.safetensors").values())
     from transformers import (
         BertTokenizer,
         GroundingDinoConfig,
@@ -100,6 +110,10 @@ def save_gdino(folder: Path) -> int:
 
 
 def save_sam(path: Path, sam_type: str) -> int:
+    if sam_type == "tiny":
+        state = tiny_sam_state()
+        torch.save(state, path)
+        return sum(t.numel() for t in state.values())
     dim, depth, heads, global_idx = learned.SAM_TYPES[sam_type]
     config = dict(embed_dim=dim, depth=depth, num_heads=heads, global_attn_indexes=global_idx, window_size=14,
                   img_size=1024, patch_size=16, out_chans=256)
@@ -109,8 +123,8 @@ def save_sam(path: Path, sam_type: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_lama(path: Path) -> int:
-    model = lama_like(ngf=64, n_down=3, n_blocks=18)
+def save_lama(path: Path, tiny: bool = False) -> int:
+    model = lama_like(ngf=8, n_down=3, n_blocks=1) if tiny else lama_like(ngf=64, n_down=3, n_blocks=18)
     model.save(str(path))
     return sum(p.numel() for p in model.parameters())
 
@@ -151,6 +165,7 @@ def main() -> None:
     parser.add_argument("--cpu-warmup", type=int, default=0, help="warm-up calls for GDINO/SAM on CPU (LaMa: 2)")
     parser.add_argument("--no-fp16", action="store_true", help="float32 on CUDA too")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--tiny", action="store_true", help="tiny configurations on 64-px photos (a dry run)")
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results" / "imagenet_learned.json")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -162,7 +177,9 @@ def main() -> None:
     eager_warmup = 1 if cuda else args.cpu_warmup
     batches = sorted({1, batch})
     fp16 = cuda and not args.no_fp16
-    images = photos(n)
+    images = photos(n, args.tiny)
+    sam_types = ["tiny"] if args.tiny else args.sam_types
+    gdino_name, lama_name = ("gdino_tiny", "lama_tiny") if args.tiny else ("gdino_swin_t", "lama_big_like")
     prompts = [CLASSES[i % len(CLASSES)] for i in range(n)]
     common = {"device": str(device), "fp16": fp16}
     result: dict[str, Any] = {
@@ -178,35 +195,36 @@ def main() -> None:
         },
         "device": str(device),
         "fp16": fp16,
+        "tiny": args.tiny,
         "photo_sizes_hw": [list(im.shape[:2]) for im in images],
         "batch_sizes": batches,
         "stages": {},
     }
     with tempfile.TemporaryDirectory(prefix="lsbench-perf-") as tmp:
         tmp = Path(tmp)
-        params = save_gdino(tmp / "grounding-dino-tiny")
-        result["stages"]["gdino_swin_t"] = {"params": params, **bench(
+        params = save_gdino(tmp / "grounding-dino-tiny", args.tiny)
+        result["stages"][gdino_name] = {"params": params, **bench(
             "gdino",
             lambda: learned.GroundingDinoDetector.load({"gdino_checkpoint": str(tmp / "grounding-dino-tiny"),
                                                         **common}),
             lambda b, ims: b.detect(ims, prompts[: len(ims)], [None] * len(ims)),
             images, batches, device, eager_warmup,
         )}
-        for sam_type in args.sam_types:
+        for sam_type in sam_types:
             path = tmp / f"sam_{sam_type}.pth"
             params = save_sam(path, sam_type)
             k = n if sam_type != "vit_h" or cuda else (args.vit_h_photos or 1)
             result["stages"][f"sam_{sam_type}"] = {"params": params, **bench(
                 f"sam {sam_type}",
                 lambda path=path, sam_type=sam_type: learned.SamSegmenter.load(
-                    {"sam_checkpoint": str(path), "sam_type": sam_type, **common}),
+                    {"sam_checkpoint": str(path), "sam_type": None if args.tiny else sam_type, **common}),
                 lambda b, ims: b.segment(ims, [centre_box(im) for im in ims]),
                 images[:k], sorted({1, min(batch, k)}), device, eager_warmup,
             )}
             path.unlink()
             learned.clear_model_cache()
-        params = save_lama(tmp / "big-lama-like.pt")
-        result["stages"]["lama_big_like"] = {"params": params, **bench(
+        params = save_lama(tmp / "big-lama-like.pt", args.tiny)
+        result["stages"][lama_name] = {"params": params, **bench(
             "lama",
             lambda: learned.LamaInpainter.load({"lama_checkpoint": str(tmp / "big-lama-like.pt"), **common}),
             lambda b, ims: b.inpaint(ims, [centre_mask(im) for im in ims]),
@@ -214,14 +232,14 @@ def main() -> None:
         )}
     stages = result["stages"]
     pipeline = {}
-    for sam_type in args.sam_types:
-        names = ("gdino_swin_t", f"sam_{sam_type}", "lama_big_like")
+    for sam_type in sam_types:
+        names = (gdino_name, f"sam_{sam_type}", lama_name)
         for label in ("batch_1", "batched"):
             per_photo = 0.0
             for name in names:
                 runs = sorted((k for k in stages[name] if k.startswith("batch_")), key=lambda k: int(k.split("_")[1]))
                 per_photo += stages[name][runs[0] if label == "batch_1" else runs[-1]]["s_per_photo"]
-            pipeline[f"gdino+sam_{sam_type}+lama {label}"] = round(1 / per_photo, 3)
+            pipeline[f"gdino+sam_{sam_type}+lama {label}"] = round(1 / per_photo, 3) if per_photo else None
     result["pipeline_photos_per_s"] = pipeline
     result["notes"] = [
         "Random weights at real sizes, loaded through lsbench.generators.imagenet.learned (the generate path).",

@@ -351,6 +351,20 @@ def test_autocast_bfloat16_on_cpu():
     assert stats.backward_stats is not None and torch.isfinite(stats.backward_stats.residual).all()
 
 
+@pytest.mark.parametrize("backward", ["implicit", "phantom", "unrolled"])
+def test_autocast_keeps_the_iterate_dtype(backward):
+    """Under autocast ``f`` returns bfloat16; the returned iterate keeps ``z0``'s float32 with the graph
+    (DEC maps it through ``linalg.det``, which has no bfloat16 kernel, found by perf/gpu_check.py's dry run)."""
+    h = TinyH()
+    image = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert h(torch.zeros(2, 2, 5, 5), image).dtype == torch.bfloat16  # the case this test is about
+        z, _ = solve(lambda z: h(z, image), torch.zeros(2, 2, 5, 5), tol=1e-2, max_iter=5, backward=backward)
+    assert z.dtype == torch.float32 and z.requires_grad
+    z.square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in h.parameters())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     f, params, z0 = tanh_problem(rho=0.9, x_scale=0.3)

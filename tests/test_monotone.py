@@ -677,3 +677,15 @@ def test_unfold_keeps_valid_phi_and_repairs_folding_ones():
     assert torch.equal(fixed[keep].detach(), folding[keep])
     fixed.sum().backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_geometry_stays_float32_under_autocast():
+    """Under AMP the coordinates are not rounded to bfloat16 (einsum would be) and ``is_valid``'s
+    determinant runs (no bfloat16 kernel): the same values as outside autocast."""
+    phi = m.sample(3, 4, 0.3, generator=torch.Generator().manual_seed(0))
+    plain = m.displacement_field(phi, 40, 56), m.is_valid(phi), m.cell_scale(phi), m.unfold(phi)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = m.displacement_field(phi, 40, 56), m.is_valid(phi), m.cell_scale(phi), m.unfold(phi)
+    for a, b in zip(plain, amp):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert plain[0].dtype == torch.float32

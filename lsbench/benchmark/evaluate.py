@@ -87,6 +87,22 @@ def _hardware(device: torch.device) -> dict[str, Any]:
     return hw
 
 
+def _local_quota(shards: list[dict[str, Any]], skip: set[str], rank: int, world: int, limit: int | None) -> int:
+    """Samples rank ``rank`` of ``world`` evaluates: all of its shards (every ``world``-th kept shard, as
+    ``split_by_node`` deals them), or with ``limit`` its part of the split's first ``limit`` samples.
+
+    (An even share, ``ceil(total / world)``, cut ranks holding more samples than others short: with
+    one shard on two ranks, half the split went unevaluated — found by ``perf/gpu_check.py``'s ``ddp``.)
+    """
+    kept = [s["num_samples"] for s in shards if Path(s["name"]).name not in skip]
+    start, quota = 0, 0
+    for i, n in enumerate(kept):
+        if i % world == rank:
+            quota += n if limit is None else max(0, min(n, limit - start))
+        start += n
+    return quota
+
+
 def evaluate(
     config: EvaluateConfig,
     *,
@@ -117,8 +133,7 @@ def evaluate(
     # streams ≥ workers: DataLoader workers interleave their batches, so a group may resume later.
     metrics = Metrics(info.task, info.num_classes, _scale_bins(info), streams=max(8, workers), device=device)
     generator = torch.Generator().manual_seed(seed + rank)
-    total = info.splits[split] if limit is None else min(limit, info.splits[split])
-    total_local = -(-total // world)
+    total_local = _local_quota(info.split(split)["shards"], set(corrupt), rank, world, limit)
     seen, batches, forward_s = 0, 0, 0.0
     deq_its: list[float] = []
     deq_res: list[float] = []

@@ -624,16 +624,18 @@ def _check_compatible(mine: Mapping[str, Tensor], other: Mapping[str, Tensor]) -
 def all_reduce_state(state: Mapping[str, Tensor]) -> State:
     """Sum a :meth:`Metrics.state` over all ranks of the default process group.
 
-    Returns a new dict on the state's device; without an initialized ``torch.distributed`` group
-    (or with one rank) it is a copy.  One collective on a flat float64 vector (on the current
-    CUDA device for NCCL, else on the CPU), after a cheap check that every rank holds the same
-    number of entries — so mismatched configurations raise :class:`ConfigError` instead of hanging.
+    Returns a new dict on the state's device and dtype; without an initialized ``torch.distributed``
+    group it is a copy.  A group of one rank still goes through the collective (so a one-GPU
+    ``torchrun`` exercises NCCL as a cluster does; the sum of one rank is exact).  One collective on
+    a flat float64 vector (on the current CUDA device for NCCL, else on the CPU), after a cheap
+    check that every rank holds the same number of entries — so mismatched configurations raise
+    :class:`ConfigError` instead of hanging.
     Every rank must call it (after :meth:`Metrics.finalize`, which :meth:`Metrics.state` does).
     """
     import torch.distributed as dist
 
     keys = sorted(state)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()):
         return {k: state[k].clone() for k in keys}
     home = state[keys[0]].device
     comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -646,6 +648,6 @@ def all_reduce_state(state: Mapping[str, Tensor]) -> State:
     out, start = {}, 0
     for k in keys:
         n = state[k].numel()
-        out[k] = flat[start:start + n].reshape(state[k].shape).to(home)
+        out[k] = flat[start:start + n].reshape(state[k].shape).to(home, state[k].dtype)
         start += n
     return out

@@ -370,7 +370,7 @@ def solve(
         z = z_star
         for _ in range(phantom_steps):
             z = f(z) if phantom_damping == 1.0 else (1 - phantom_damping) * z + phantom_damping * f(z)
-        return z, stats
+        return z.to(z0.dtype), stats  # under autocast f returns bf16/fp16: the iterate keeps z0's dtype
 
     b_tol = tol if b_tol is None else b_tol
     b_max_iter = max_iter if b_max_iter is None else b_max_iter
@@ -379,7 +379,7 @@ def solve(
     z_leaf = z_star.detach().requires_grad_(True)
     fz = f(z_leaf)
     if not fz.requires_grad:
-        return fz, stats
+        return fz.to(z0.dtype), stats
     b_options = options if b_solver == solver else {}
 
     def adjoint_hook(g: Tensor) -> Tensor:
@@ -396,7 +396,7 @@ def solve(
 
     z = fz.view_as(fz)
     z.register_hook(adjoint_hook)
-    return z, stats
+    return z.to(z0.dtype), stats  # under autocast f returns bf16/fp16: the iterate keeps z0's dtype
 
 
 def _unrolled(f: Fn, z0: Tensor, *, tol: float, max_iter: int, stop_mode: str) -> tuple[Tensor, SolverStats]:
@@ -424,4 +424,4 @@ def _unrolled(f: Fn, z0: Tensor, *, tol: float, max_iter: int, stop_mode: str) -
         backward="unrolled",
         backward_options={"steps": max_iter},
     )
-    return z, stats
+    return z.to(z0.dtype), stats
