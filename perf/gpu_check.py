@@ -118,13 +118,16 @@ def child(name: str, result: Path, device: str, dry: bool, work: Path, results: 
     return 0
 
 
+def _without_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k != "json"}
+    return value
+
+
 def _figure_text(figures: dict[str, Any], width: int = 70) -> str:
-    flat = []
-    for k, v in figures.items():
-        if k == "json":
-            continue
-        flat.append(f"{k}={json.dumps(v, separators=(',', ':'), default=str)}")
-    text = " ".join(flat)
+    """The figures on one line (the perf scripts' JSON paths left out), cut at ``width``."""
+    text = " ".join(f"{k}={json.dumps(v, separators=(',', ':'), default=str)}"
+                    for k, v in _without_paths(figures).items())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
