@@ -12,11 +12,11 @@ Sections (``perf/gpu_sections.py``; GPU time box / dry time box, seconds):
   autocast: CUDA against CPU with the same weights (relative error of logits and of all gradients);
 - ``ddp`` (45/120)  ``torch.distributed.run --nproc-per-node 1`` (one rank per GPU) with NCCL: a raw
   all-reduce and the real evaluation, whose metric sums go through the collective, against one process;
-- ``train`` (75/240) every family's DEC model trained 4 epochs through ``lsbench.benchmark.train`` under
-  AMP (bfloat16 where the GPU has it), then fp16 + GradScaler forced: finite losses that fall;
+- ``train`` (75/240) every family's DEC model trained 5 epochs through ``lsbench.benchmark.train`` under
+  AMP (bfloat16 where the GPU has it), then fp16 + GradScaler forced: finite losses that fall by ≥ 3 %;
 - ``oom`` (20/30)   the learned stages' batch halving on a batch that really does not fit on the GPU;
 - ``dec_overhead`` (110/180) ``perf/dec_overhead.py`` at the paper's A4 settings: DINOv2-B batch 128
-  forward (DEC's share, paper 24 %), batch-10 training-step memory, DEC vs Optim (paper 2.1 vs 6.3 GB);
+  forward (DEC's share, paper 24 %), batch-10 training-step memory, DEC vs Optim (paper 5.75 vs 43.3 GB);
 - ``evaluate`` (60/120) ``perf/evaluate_throughput.py``: the harness against a raw forward loop, batch
   256, 8 workers;
 - ``imagenet_learned`` (130/180) ``perf/imagenet_learned.py``: GroundingDINO Swin-T, SAM vit_h and a
