@@ -104,7 +104,8 @@ class TrainConfig:
 class EvaluateConfig:
     """One evaluation: a model on a dataset split.  The fields are the options of ``lsbench evaluate``."""
 
-    model: str = option(help="{arch}_{method} (with --checkpoint) or timm:NAME.", short="-m")
+    model: str = option(help="{arch}_{method} (with --checkpoint), or timm:NAME[.TAG] (its published weights from "
+                        "the local timm/HF cache, or --checkpoint FILE).", short="-m")
     data: Path = option(help="Dataset folder.", short="-d")
     checkpoint: Path | None = option(None, help="best.pt/last.pt from `lsbench train`.", short="-c")
     split: str = option("test", help="Split to evaluate.")
@@ -116,6 +117,8 @@ class EvaluateConfig:
     eque_draws: int = option(4, help="Scalings Φ~Ω per image for EquE (segmentation).", min=0)
     eque_strength: float = option(0.25, help="Strength of Ω for EquE.", min=0)
     skip_corrupt: bool = option(False, help="Skip corrupt shards (named in the output) instead of stopping.")
+    save_predictions: bool = option(False, help="Also write one record per sample (key, group, variant, scales, "
+                                    "label, top-5, p(label)) beside the result: RESULT.predictions.jsonl.gz.")
     amp: bool = option(True, help="Mixed precision on CUDA (--no-amp: full float32).")
     seed: int = option(0, help="Seed of the EquE draws.")
     # Set by `lsbench study` (Python only): the run this result belongs to, for the leaderboard's ± over seeds.

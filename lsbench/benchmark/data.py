@@ -1,8 +1,9 @@
 """Streaming model inputs from a dataset folder: ``webdataset`` pipelines → batches of tensors.
 
-Images become ``(3, S, S)`` float tensors (grey images repeated to 3 channels, resized to the
-model's ``img_size`` with antialiasing, normalised with the ImageNet mean/std that timm
-backbones expect); labels ``cls`` become ints and masks ``(S, S)`` long tensors (nearest).
+Images become ``(3, S, S)`` float tensors by the model's :class:`~.preprocess.Preprocess` (lsbench
+models: grey images repeated to 3 channels, resized to ``img_size`` with antialiasing, normalised
+with the backbone's mean/std; pretrained timm models: timm's own eval transform); labels ``cls``
+become ints and masks ``(S, S)`` long tensors (nearest).
 Shards are split between ranks (``split_by_node``) and DataLoader workers (``split_by_worker``);
 training shuffles shards and samples with a seeded RNG per epoch, so a resumed run sees the same
 order as an uninterrupted one.
@@ -20,22 +21,8 @@ import torch.nn.functional as F
 
 from ..dataset import Dataset
 from ..errors import DatasetError
-from ..shards import decode_sample, image_to_tensor
-
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-
-
-def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 ``(H, W)`` / ``(H, W, C)`` → normalised float ``(3, size, size)``."""
-    t = image_to_tensor(image)
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
-    elif t.shape[0] == 4:
-        t = t[:3]
-    if t.shape[-2:] != (size, size):
-        t = F.interpolate(t.unsqueeze(0), size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-    return (t - MEAN) / STD
+from ..shards import decode_sample
+from .preprocess import Preprocess, legacy
 
 
 def mask_tensor(mask: np.ndarray, size: int) -> torch.Tensor:
@@ -46,14 +33,19 @@ def mask_tensor(mask: np.ndarray, size: int) -> torch.Tensor:
 
 
 class _Decode:
-    """Picklable map stage: raw sample → ``(image, target, meta)``."""
+    """Picklable map stage: raw sample → ``(image, target, meta)``; ``meta`` gains ``__key__`` and
+    ``__inside__`` (per object box, whether it stays whole in the model input, :meth:`Preprocess.inside`)."""
 
-    def __init__(self, size: int, task: str):
-        self.size, self.task = size, task
+    def __init__(self, pre: Preprocess, task: str):
+        self.pre, self.size, self.task = pre, pre.size, task
+        self.transform = pre.transform()
 
     def __call__(self, raw: dict[str, Any]):
         s = decode_sample(raw)
-        image = image_tensor(s["image"], self.size)
+        h, w = s["image"].shape[:2]
+        image = self.transform(s["image"])
+        inside = [self.pre.inside(box, h, w) for box in s["meta"].get("boxes") or []]
+        s["meta"] = {**s["meta"], "__key__": s["__key__"], "__inside__": inside}
         if self.task == "seg":
             if "mask" not in s:
                 raise DatasetError(f"sample {s['__key__']} has no mask.png; this dataset is not a segmentation set")
@@ -72,7 +64,7 @@ def _collate(batch):
 
 
 def pipeline(urls: list[str], *, size: int, task: str, train: bool, seed: int = 0, epoch: int = 0,
-             shuffle_buffer: int = 1000):
+             shuffle_buffer: int = 1000, preprocess: Preprocess | None = None):
     """The ``webdataset`` pipeline of one epoch (composable stages, no global state)."""
     import webdataset as wds
 
@@ -83,22 +75,24 @@ def pipeline(urls: list[str], *, size: int, task: str, train: bool, seed: int = 
     if train and shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100),
                                   rng=random.Random(seed * 104729 + epoch)))
-    stages.append(wds.map(_Decode(size, task)))
+    stages.append(wds.map(_Decode(preprocess or legacy(size), task)))
     return wds.DataPipeline(*stages)
 
 
 def loader(dataset: Dataset, split: str, *, size: int, batch_size: int, train: bool, workers: int = 0,
            seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000, skip: Collection[str] = (),
-           task: str | None = None):
+           task: str | None = None, preprocess: Preprocess | None = None):
     """A ``DataLoader`` over one split of an opened dataset yielding ``(images (B, 3, S, S), targets,
-    metas)``; shard file names in ``skip`` are left out; ``task`` defaults to the dataset's."""
+    metas)``; shard file names in ``skip`` are left out; ``task`` defaults to the dataset's;
+    ``preprocess`` (default: :func:`~.preprocess.legacy` at ``size``) makes each image's tensor."""
     urls = [str(p) for p in dataset.shard_paths(split) if p.name not in skip]
     if not urls:
         raise DatasetError(f"{dataset.directory}: split {split!r} has no shards")
     task = task or dataset.task
     workers = min(workers, len(urls))
     return torch.utils.data.DataLoader(
-        pipeline(urls, size=size, task=task, train=train, seed=seed, epoch=epoch, shuffle_buffer=shuffle_buffer),
+        pipeline(urls, size=size, task=task, train=train, seed=seed, epoch=epoch, shuffle_buffer=shuffle_buffer,
+                 preprocess=preprocess),
         batch_size=batch_size, num_workers=workers, collate_fn=_collate,
         pin_memory=torch.cuda.is_available(), persistent_workers=False,
     )

@@ -17,6 +17,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +35,40 @@ from . import distributed
 from .configs import EvaluateConfig
 from .data import loader
 from .metrics import Metrics, all_reduce_state, equivariance_errors
-from .results import SCHEMA_VERSION, validate_result, write_result
+from .predictions import SampleLog, gather, predictions_path, write_predictions
+from .preprocess import Preprocess, legacy
+from .results import SCHEMA_VERSION, result_filename, validate_result, write_result
 
 
-def build_model(name: str, info: Dataset, checkpoint: Path | None,
-                img_size: int | None) -> tuple[nn.Module, dict[str, Any], int, dict[str, Any] | None]:
-    """The model to evaluate, its config dict, its input size and the checkpoint it was fine-tuned from."""
-    family, _ = parse_name(name)
+@dataclass
+class Built:
+    """The model to evaluate with what feeds it and where its weights come from."""
+
+    net: nn.Module
+    config: dict[str, Any]
+    preprocess: Preprocess
+    weights: Path | None  # the file the weights were read from (checkpoint, or the timm cache)
+    init_from: dict[str, Any] | None = None  # the checkpoint it was fine-tuned from
+
+
+def timm_preprocess(net: nn.Module, timm_name: str, img_size: int | None) -> Preprocess:
+    """A timm model's own eval preprocessing (``resolve_data_config``), at ``img_size`` if given."""
+    from timm.data import resolve_data_config
+
+    args = {"input_size": (3, img_size, img_size)} if img_size else {}
+    return Preprocess.from_timm(resolve_data_config(args, model=net), f"timm data config of {timm_name}")
+
+
+def build_model(name: str, info: Dataset, checkpoint: Path | None, img_size: int | None,
+                log: Callable[[str], None] | None = None) -> Built:
+    """The model to evaluate: an lsbench checkpoint, a ``timm:`` model with its weights file, or (no
+    ``--checkpoint``) a ``timm:NAME[.TAG]`` with its published weights from the local cache."""
+    family, tail = parse_name(name)
     if family in list_families():  # a plain model: --checkpoint is its own state dict, not an lsbench checkpoint
-        if checkpoint is None:
-            raise ConfigError(
-                f"{name}: pass --checkpoint FILE with its weights (evaluating random weights is meaningless)"
-            )
-        net = create_model(name, info.num_classes, task=info.task, pretrained=checkpoint, img_size=img_size)
-        return net, net.config, net.config["img_size"], None
+        net = create_model(name, info.num_classes, task=info.task, pretrained=checkpoint or "timm",
+                           img_size=img_size)
+        pre = timm_preprocess(net.net, tail, img_size)
+        return Built(net, net.config, pre, Path(net.config["weights"]))
     if checkpoint is None:
         raise ConfigError(f"{name}: pass --checkpoint runs/NAME/best.pt (written by `lsbench train`)")
     model, ckpt = ckpt_io.load_model(checkpoint)
@@ -65,7 +86,14 @@ def build_model(name: str, info: Dataset, checkpoint: Path | None,
             "leave --img-size out or pass that size"
         )
     size = img_size or stored["img_size"]
-    return model, stored, size, ckpt.get("init_from")
+    if ckpt.get("preprocess"):  # as it was trained
+        pre = Preprocess.from_dict(ckpt["preprocess"]).with_size(size)
+    else:
+        pre = legacy(size)
+        if log:
+            log(f"{checkpoint} records no preprocessing (written before lsbench recorded it): "
+                "fed as it was trained then, squashed to the input size with ImageNet mean/std")
+    return Built(model, stored, pre, Path(checkpoint), ckpt.get("init_from"))
 
 
 def _scale_bins(info: Dataset) -> str:
@@ -126,8 +154,11 @@ def evaluate(
         # (measured: 0.89× of a raw forward loop with 2 workers on 2 cores, 0.94× with none).
         workers = min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0
     corrupt = info.verify(split, skip_corrupt=config.skip_corrupt, log=log if rank == 0 else None)
-    net, model_config, size, init_from = build_model(name, info, checkpoint, img_size)
-    net = net.to(device).eval()
+    built = build_model(name, info, checkpoint, img_size, log=log if rank == 0 else None)
+    net, model_config, pre, init_from = built.net.to(device).eval(), built.config, built.preprocess, built.init_from
+    size = pre.size
+    gmacs = _gmacs(net, size, device)
+    samples = SampleLog(info.task, config.save_predictions, device)
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = distributed.amp_dtype(device)
     # streams ≥ workers: DataLoader workers interleave their batches, so a group may resume later.
@@ -141,7 +172,7 @@ def evaluate(
         torch.cuda.reset_peak_memory_stats(device)
     loop_start = time.perf_counter()
     batches_iter = loader(info, split, size=size, batch_size=batch_size, train=False, workers=workers,
-                          skip=set(corrupt))
+                          skip=set(corrupt), preprocess=pre)
     with torch.inference_mode():
         for x, y, metas in batches_iter:
             if seen >= total_local:
@@ -160,6 +191,7 @@ def evaluate(
             stats = net.solver_stats()  # of this forward, before the EquE forwards below
             probs = torch.softmax(logits.float(), dim=1)
             metrics.update(probs, y, metas)
+            samples.update(probs, y, metas)
             if info.task == "seg" and eque_draws > 0:
                 def model_fn(t: torch.Tensor) -> torch.Tensor:
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -179,7 +211,8 @@ def evaluate(
     state = all_reduce_state(metrics.state())
     counts = all_reduce_state({"counts": torch.tensor([float(seen), loop_s, forward_s, float(batches)],
                                                       dtype=torch.float64, device=device)})["counts"]
-    computed = metrics.compute_from(state)
+    computed = {**metrics.compute_from(state), **samples.compute(all_reduce_state({"s": samples.sums})["s"])}
+    records = gather(samples.records) if config.save_predictions else []
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -191,8 +224,9 @@ def evaluate(
         "model": {
             "name": name,
             "config": model_config,
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
+            # the weights file: the --checkpoint, or a timm model's published weights in the local cache
+            "checkpoint": str(built.weights) if built.weights else None,
+            "checkpoint_sha256": sha256_file(built.weights) if built.weights else None,
             "parameters": parameters,
             "init_from": init_from,
         },
@@ -211,7 +245,9 @@ def evaluate(
             "parameters": parameters,
             "deq_iterations": sum(deq_its) / len(deq_its) if deq_its else None,
             "deq_residual": sum(deq_res) / len(deq_res) if deq_res else None,
+            "gmacs": gmacs,
         },
+        "preprocess": pre.to_dict(),
         "environment": {
             "device": str(device), "hardware": _hardware(device), "world_size": world, "versions": _versions(),
             "command": shlex.join(sys.argv), "wall_time_s": time.perf_counter() - start,
@@ -220,8 +256,29 @@ def evaluate(
     }
     if config.study is not None:
         result["study"] = config.study
+    if config.save_predictions:
+        result["predictions"] = {"file": None, "records": len(records)}
     validate_result(result)
     path = None
     if out is not None and rank == 0:
+        if config.save_predictions:  # the records first: a result never names a file that is not there
+            file = predictions_path(Path(out) / result_filename(result))
+            Path(out).mkdir(parents=True, exist_ok=True)
+            write_predictions(file, records)
+            result["predictions"]["file"] = file.name
         path = write_result(result, out)
     return result, path
+
+
+def _gmacs(net: nn.Module, size: int, device: torch.device) -> float | None:
+    """Multiply-accumulates of one forward of one image, in 10⁹ (``torch.utils.flop_counter``: FLOPs / 2;
+    a DEC model's count includes the solver steps this input took)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, size, size, device=device)
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            net(x)
+    except Exception:  # noqa: BLE001 - an operator the counter cannot trace: no count rather than no result
+        return None
+    return counter.get_total_flops() / 2e9

@@ -38,6 +38,7 @@ from ..util import sha256_file, write_json_atomic
 from . import distributed
 from .configs import TrainConfig
 from .data import loader
+from .preprocess import Preprocess, for_backbone, legacy
 
 # Options a resumed run may change (everything else must match the checkpoint's run).  More
 # epochs extend a run; with the cosine schedule that also stretches the remaining decay.
@@ -160,13 +161,15 @@ def _seed_epoch(seed: int, rank: int, epoch: int, generator: torch.Generator) ->
 
 @torch.no_grad()
 def accuracy(model: LSModel, dataset: Dataset, split: str, *, size: int, batch_size: int,
-             device: torch.device, limit: int | None, workers: int) -> dict[str, float]:
+             device: torch.device, limit: int | None, workers: int,
+             preprocess: Preprocess | None = None) -> dict[str, float]:
     """Top-1 accuracy (classification) or pixel accuracy (segmentation), exact across ranks."""
     model.eval()
     correct = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
-    for x, y, _ in loader(dataset, split, size=size, batch_size=batch_size, train=False, workers=workers):
+    for x, y, _ in loader(dataset, split, size=size, batch_size=batch_size, train=False, workers=workers,
+                          preprocess=preprocess):
         if limit is not None and seen >= limit:
             break
         x, y = x.to(device), y.to(device)
@@ -237,6 +240,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
             log(f"started from {cfg.init_from} ({init['model']}, sha256 {init['sha256'][:12]}): {report.summary()}")
     else:
         init = None
+    # How images become inputs, recorded so evaluation feeds the model as it was trained: a resumed run
+    # or a fine-tune keeps its checkpoint's (none recorded: the ImageNet statistics it was trained with).
+    kept = ckpt if ckpt else source
+    if kept is not None:
+        pre = Preprocess.from_dict(kept["preprocess"]) if kept.get("preprocess") else legacy(cfg.img_size)
+        pre = pre.with_size(cfg.img_size)
+    else:
+        pre = for_backbone(model.config.timm_name, cfg.img_size)
     loss_module: nn.Module = _LossModule(model)
     if world > 1:
         loss_module = nn.parallel.DistributedDataParallel(loss_module, find_unused_parameters=True)
@@ -275,7 +286,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
         metrics = ckpt.get("metrics", {})
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        config = {"train": asdict(cfg), "model": asdict(model.config), "init_from": init}
+        config = {"train": asdict(cfg), "model": asdict(model.config), "init_from": init, "preprocess": pre.to_dict()}
         write_json_atomic(out / "config.json", config)
     log_file = open(out / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed in finally
 
@@ -289,7 +300,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
             running, seen = 0.0, 0
             batches = loader(info, cfg.train_split, size=cfg.img_size, batch_size=cfg.batch_size, train=True,
                              workers=cfg.workers, seed=cfg.seed,
-                             epoch=epoch, shuffle_buffer=cfg.shuffle_buffer)
+                             epoch=epoch, shuffle_buffer=cfg.shuffle_buffer, preprocess=pre)
             # Ranks may hold different numbers of samples (shards are split by rank): DDP's Join lets
             # a rank that runs out early shadow the others' all-reduces instead of hanging.
             with Join([loss_module]) if world > 1 else contextlib.nullcontext():
@@ -324,7 +335,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
                     if progress:
                         progress(done, total_steps)
             val = accuracy(model, info, cfg.val_split, size=cfg.img_size, batch_size=cfg.batch_size, device=device,
-                           limit=cfg.val_limit, workers=cfg.workers)
+                           limit=cfg.val_limit, workers=cfg.workers, preprocess=pre)
             metrics = {"epoch": epoch, "train_loss": running / max(1, seen), "val_accuracy": val["accuracy"],
                        "val_count": val["count"], "epoch_seconds": time.perf_counter() - t0, **model.solver_stats()}
             if rank == 0:
@@ -334,10 +345,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                          "world_size": world, "metrics": metrics,
                          "best_accuracy": max(best_acc, val["accuracy"]), "dataset": info.name,
-                         "init_from": init}
+                         "init_from": init, "preprocess": pre.to_dict()}
                 checkpoint.save(last_path, model, **state)
                 if val["accuracy"] > best_acc:  # the weights and their provenance; resuming uses last.pt
-                    keep = ("train_config", "epoch", "metrics", "best_accuracy", "dataset", "world_size", "init_from")
+                    keep = ("train_config", "epoch", "metrics", "best_accuracy", "dataset", "world_size", "init_from",
+                            "preprocess")
                     checkpoint.save(best_path, model, **{k: state[k] for k in keep})
                 if log:
                     log(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.4f}, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -55,26 +56,56 @@ def train(
                       + (f"; final {cfg.val_split} accuracy {acc:.4f}" if acc is not None else ""))
 
 
-# The command line always writes a result (Python callers may write none).
-RESULTS_OUT = {"out": {"default": Path("results"), "help": "Folder for the result JSON."}}
+# The command line always writes a result (Python callers may write none); --model is declared below
+# (repeatable), with EvaluateConfig.model's help.
+EVALUATE_CLI = {"out": {"default": Path("results"), "help": "Folder for the result JSON."}, "model": {"cli": False}}
+MODEL_HELP = next(f.metadata["help"] for f in dataclasses.fields(EvaluateConfig) if f.name == "model")
 
 
 @app.command()
 @user_errors
-@options_from(cfg=Override(EvaluateConfig, RESULTS_OUT))
-def evaluate(cfg: EvaluateConfig = ..., quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
-    """Score a model on a dataset split: Acc/mIoU, InvE, EquE, per-scale tables, throughput → results JSON."""
+@options_from(given=Override(EvaluateConfig, EVALUATE_CLI, flags=True))
+def evaluate(
+    model: list[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Repeat it for several models."),
+    models: Path | None = typer.Option(None, "--models", help="File with one model name per line (# comments); "
+                                       "models whose result for this dataset and weights exists are skipped."),
+    given: dict = ...,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Score models on a dataset split: Acc/mIoU, InvE, EquE, per-scale tables, throughput → a results JSON each."""
     from ..benchmark.evaluate import evaluate as run_evaluation
+    from ..benchmark.zoo import evaluate_many, read_model_list
+    from ..errors import ConfigError
 
-    model, split = cfg.model, cfg.split
-    with progress_bar(f"evaluate {model}", quiet) as update:
-        result, path = run_evaluation(cfg, progress=update, log=_log(quiet))
-    if not quiet and path is not None:
-        m = result["metrics"]
-        parts = [f"{k} {m[k]:.4f}" for k in ("accuracy", "miou", "inve", "eque") if m.get(k) is not None]
-        e = result["efficiency"]
-        console.print(f"{model} on {result['dataset']['name']}/{split}: " + ", ".join(parts)
-                      + f"; {e['images_per_s']:.0f} img/s → {path}")
+    names = list(model or []) + (read_model_list(models) if models else [])
+    if not names:
+        raise ConfigError("pass --model NAME (repeatable) or --models FILE")
+    if "data" not in given:
+        raise ConfigError("pass --data DIR, the dataset folder (made by `lsbench generate`)")
+    given.setdefault("out", EVALUATE_CLI["out"]["default"])
+    cfg = EvaluateConfig(model=names[0], **given)
+    split = cfg.split
+
+    def run(c: EvaluateConfig):
+        with progress_bar(f"evaluate {c.model}", quiet) as update:
+            result, path = run_evaluation(c, progress=update, log=_log(quiet))
+        if not quiet and path is not None:
+            m = result["metrics"]
+            parts = [f"{k} {m[k]:.4f}" for k in ("accuracy", "miou", "inve", "eque") if m.get(k) is not None]
+            e = result["efficiency"]
+            console.print(f"{c.model} on {result['dataset']['name']}/{split}: " + ", ".join(parts)
+                          + f"; {e['images_per_s']:.0f} img/s → {path}")
+        return result, path
+
+    if len(names) == 1 and not models:
+        run(cfg)
+        return
+    outcomes = evaluate_many(cfg, names, log=_log(quiet), run=run)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped")}
+        raise ConfigError(f"{len(failed)} of {len(outcomes)} models failed ({', '.join(o.model for o in failed)}); "
+                          f"{counts['done']} evaluated, {counts['skipped']} skipped: see the lines above")
 
 
 @app.command()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .weights import read_state_dict
+from .weights import cached_weights, read_state_dict
 
 PREFIX = "timm"
 USAGE = "timm:NAME"
@@ -50,15 +50,21 @@ def check_name(timm_name: str) -> None:
 
 def create(timm_name: str, num_classes: int, task: str = "cls", pretrained: str | Path | None = None,
            img_size: int | None = None) -> TimmModel:
-    """``timm:timm_name`` for ``num_classes`` classes; ``pretrained`` is a file with all its weights
-    (``None``/``"none"``: random init); ``img_size`` defaults to the model's own input size."""
+    """``timm:timm_name`` for ``num_classes`` classes; ``pretrained`` is a file with all its weights,
+    ``"timm"`` for the published weights of ``timm_name[.tag]`` from the local cache (through timm's own
+    pretrained loading; never downloaded), or ``None``/``"none"`` (random init); ``img_size`` defaults
+    to the model's own input size."""
     import timm
 
     name = f"{PREFIX}:{timm_name}"
     if task != "cls":
         raise ConfigError("plain timm models are classifiers; segmentation needs an lsbench model")
-    net = timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
-    if pretrained is not None and str(pretrained).lower() != "none":
+    weights = None
+    if str(pretrained).lower() == "timm":
+        net, weights = _published(timm_name, num_classes)
+    else:
+        net = timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
+    if weights is None and pretrained is not None and str(pretrained).lower() != "none":
         state = read_state_dict(Path(pretrained))
         own = net.state_dict()
         mismatched = [k for k, v in own.items() if k not in state or state[k].shape != v.shape]
@@ -68,5 +74,32 @@ def create(timm_name: str, num_classes: int, task: str = "cls", pretrained: str 
                 f"({len(mismatched)} tensors missing or of another shape, e.g. {mismatched[0]})"
             )
         net.load_state_dict({k: state[k] for k in own})
+        weights = Path(pretrained)
     size = img_size or net.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-    return TimmModel(net, {"name": name, "timm_name": timm_name, "num_classes": num_classes, "img_size": size})
+    config = {"name": name, "timm_name": timm_name, "num_classes": num_classes, "img_size": size,
+              "pretrained_tag": net.pretrained_cfg.get("tag"), "weights": str(weights) if weights else None}
+    return TimmModel(net, config)
+
+
+def _published(timm_name: str, num_classes: int) -> tuple[nn.Module, Path]:
+    """The published weights of ``timm_name`` from the local Hugging Face cache, through timm's own loader
+    (its checkpoint filters apply); the class count must be the dataset's."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(timm_name)
+    if cfg is None:
+        raise ConfigError(f"timm has no published weights for {timm_name}; pass --checkpoint FILE")
+    published = cfg.num_classes
+    if published != num_classes:
+        raise ConfigError(
+            f"{PREFIX}:{timm_name}'s published weights classify {published} classes, the dataset has {num_classes}; "
+            "evaluate it on a dataset with its classes (ImageNet-LS: 1000, timm's ImageNet-1k order)"
+        )
+    path = cached_weights(timm_name, otherwise="or pass --checkpoint FILE with its weights")
+    try:
+        net = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    except Exception as e:  # noqa: BLE001 - a corrupt or mismatched file in the cache
+        first = (str(e).splitlines() or [""])[0]
+        raise ConfigError(f"cannot load the cached weights {path} ({type(e).__name__}: {first})") from e
+    return net, path

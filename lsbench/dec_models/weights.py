@@ -23,9 +23,10 @@ def hub_cache() -> Path:
     return Path(os.environ.get("HF_HUB_CACHE") or home / "hub")
 
 
-def cached_weights(timm_name: str) -> Path:
-    """The weights file of ``timm_name``'s default pretrained tag in the local HF cache — looked up
-    locally only, never downloaded."""
+def cached_weights(timm_name: str,
+                   otherwise: str = "or pass --pretrained PATH to a checkpoint file, or --pretrained none") -> Path:
+    """The weights file of ``timm_name``'s pretrained tag (``NAME.TAG``, or the default) in the local HF
+    cache — looked up locally only, never downloaded; ``otherwise`` ends the error's hint."""
     from huggingface_hub import hf_hub_download
     from timm.models import get_pretrained_cfg
 
@@ -37,8 +38,7 @@ def cached_weights(timm_name: str) -> Path:
             continue
     raise ConfigError(
         f"pretrained weights for {timm_name} are not in the local cache: put the Hugging Face repo {repo} "
-        f"(model.safetensors) at {hub_cache() / ('models--' + repo.replace('/', '--'))}, "
-        "or pass --pretrained PATH to a checkpoint file, or --pretrained none"
+        f"(model.safetensors) at {hub_cache() / ('models--' + repo.replace('/', '--'))}, {otherwise}"
     )
 
 
