@@ -316,3 +316,33 @@ def test_folders_are_recorded_normalised():
     """``ds/`` and ``ds`` are the same run's data (what --resume compares), as the CLI always recorded them."""
     cfg = TrainConfig(model="resnet_base", data="data/ds/", out="runs/x/")
     assert (cfg.data, cfg.out) == ("data/ds", "runs/x")
+
+
+# --------------------------------------------------------------------------- preprocessing is recorded
+
+
+def test_the_preprocessing_is_recorded_and_evaluation_feeds_it(mnist_ls, tmp_path):
+    """A run records how it fed images (the backbone's mean/std: 0.5 for timm's ViT-Ti, no crop); evaluating
+    the checkpoint feeds it the same way; a checkpoint without a record keeps the ImageNet statistics."""
+    from lsbench.benchmark.configs import EvaluateConfig
+    from lsbench.benchmark.evaluate import evaluate
+
+    run = train(config(mnist_ls, tmp_path / "vit", model="vit_base", epochs=1))
+    pre = checkpoint.read(run.best)["preprocess"]
+    assert (pre["kind"], pre["size"], pre["mean"], pre["std"]) == ("squash", 32, [0.5] * 3, [0.5] * 3)
+    assert json.loads((run.out / "config.json").read_text())["preprocess"] == pre
+    result, _ = evaluate(EvaluateConfig(model="vit_base", data=mnist_ls, checkpoint=run.best, workers=0))
+    assert result["preprocess"] == pre
+    # Written before the record existed: the same weights, fed as they were then, and said so.
+    old = torch.load(run.best, weights_only=True)
+    del old["preprocess"]
+    torch.save(old, tmp_path / "old.pt")
+    said: list[str] = []
+    legacy, _ = evaluate(EvaluateConfig(model="vit_base", data=mnist_ls, checkpoint=tmp_path / "old.pt", workers=0),
+                         log=said.append)
+    assert legacy["preprocess"]["mean"] == [0.485, 0.456, 0.406] and legacy["preprocess"]["kind"] == "squash"
+    assert any("records no preprocessing" in line for line in said)
+    assert legacy["metrics"]["accuracy"] is not None
+    # A resumed run keeps its checkpoint's record.
+    resumed = train(config(mnist_ls, tmp_path / "vit", model="vit_base", epochs=2), resume=True)
+    assert checkpoint.read(resumed.last)["preprocess"] == pre

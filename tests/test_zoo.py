@@ -187,3 +187,21 @@ def test_many_models_skip_what_exists_and_go_on_past_a_failure(tmp_path, hub):
     proc = cli("--models", str(empty))
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == (
         f"error: --models {empty} names no model (one name per line, # for comments)")
+    # The zoo view on the leaderboard: the same results, one line per model, with a CSV.
+    import csv
+
+    from lsbench.benchmark.leaderboard import build
+
+    (folder,) = build(out, tmp_path / "site")
+    rows = list(csv.DictReader((folder / "zoo.csv").open()))
+    assert [r["model"] for r in rows] and {r["model"] for r in rows} == {"timm:test_resnet.r160_in1k",
+                                                                         "timm:test_vit.r160_in1k"}
+    for r, path in ((r, next(p for p in results if json.loads(p.read_text())["model"]["name"] == r["model"]))
+                    for r in rows):
+        m = json.loads(path.read_text())["metrics"]
+        assert float(r["accuracy_clean"]) == m["accuracy_clean"] and float(r["accuracy_drop"]) == pytest.approx(
+            m["accuracy_clean"] - m["accuracy_scaled"])
+        assert float(r["gmacs"]) > 0 and float(r["params_m"]) > 0 and "160 px, center crop 0.95" in r["input"]
+    page = (folder / "index.html").read_text()
+    assert "<h2>Model zoo</h2>" in page and 'href="zoo.csv"' in page
+    assert "## Model zoo" in (folder / "leaderboard.md").read_text()

@@ -14,6 +14,8 @@ Site layout::
     out/{slug}/index.html               the table (inline CSS + JS, click a header to sort,
                                         ``index.html?sort=<key>&dir=asc|desc`` sorts on load)
     out/{slug}/leaderboard.md           the same table in markdown
+    out/{slug}/zoo.csv                  one line per model: clean vs locally scaled accuracy, the drop, InvE,
+                                        P(correct) spread, parameters, GMACs, img/s (:mod:`.zoo`)
     out/{slug}/plots/NN-{model}-acc.png       per-scale accuracy, one per result (if it has any)
     out/{slug}/plots/NN-{model}-pcorrect.png  P(correct class) per scale, one per result (if any)
 
@@ -33,6 +35,7 @@ from .paper import KINDS, PAPER_PATH, load_paper, paper_row, paper_tables
 from .plots import clear_plots, plot_row
 from .rows import Row, arch_method, by_primary, our_rows
 from .tables import LeaderboardError, Table, group_results
+from .zoo import zoo_csv, zoo_rows
 
 __all__ = ["KINDS", "PAPER_PATH", "LeaderboardError", "arch_method", "build", "load_paper", "table_rows"]
 
@@ -61,6 +64,7 @@ def write_table(table: Table, rows: list[Row], out_dir: Path) -> tuple[Path, Row
     cols = columns(table, rows)
     (folder / "index.html").write_text(table_html(table, rows, cols), encoding="utf-8")
     (folder / "leaderboard.md").write_text(table_markdown(table, rows, cols), encoding="utf-8")
+    (folder / "zoo.csv").write_text(zoo_csv(zoo_rows(table)), encoding="utf-8")
     best = ours[0] if ours and ours[0].values.get("primary") is not None else None
     return folder, best
 

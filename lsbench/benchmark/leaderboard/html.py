@@ -16,10 +16,12 @@ import html
 from importlib import resources
 from typing import Any
 
+from . import zoo
 from .columns import Column, format_cell
 from .paper import PAPER_NOTE, paper_tables
 from .rows import MISSING, Row
 from .tables import Table
+from .zoo import zoo_rows
 
 
 @functools.cache
@@ -109,6 +111,27 @@ def _paper_notes_html(table: Table) -> str:
     return f"<p class=\"notes\">{esc(PAPER_NOTE)}</p><ul class=\"notes\">{''.join(items)}</ul>"
 
 
+def _zoo_html(rows: list[dict[str, Any]]) -> str:
+    """The zoo section (clean vs locally scaled accuracy per model) with the CSV link; empty without numbers."""
+    if not zoo.shown(rows):
+        return ""
+    head = "".join(f"<th>{esc(c.title)}</th>" for c in zoo.COLUMNS)
+    num = ' class="num"'
+
+    def td(row: dict[str, Any], c: zoo.ZooColumn) -> str:
+        return f"<td{'' if c.key in ('model', 'input') else num}>{esc(zoo.cell(row, c))}</td>"
+
+    body = "\n".join("<tr>" + "".join(td(row, c) for c in zoo.COLUMNS) + "</tr>" for row in rows)
+    return (
+        "<h2>Model zoo</h2>\n<p class=\"notes\">Clean = the scale-1.0 reference of each group, local-scale = every "
+        "other variant, drop = clean − local-scale (all in %); P(correct) spread = max − min over the scale bins; "
+        "objects cut = object boxes the model's centre crop does not keep whole. "
+        "<a href=\"zoo.csv\">Download CSV</a>.</p>\n"
+        f"<div class=\"scroll\"><table id=\"zoo\"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n"
+        "</tbody></table></div>\n"
+    )
+
+
 def table_html(table: Table, rows: list[Row], cols: list[Column]) -> str:
     """The dataset page (click a header to sort; ``index.html?sort=<key>&dir=asc|desc`` sorts on load)."""
     title = f"lsbench leaderboard: {table.name} / {table.split}"
@@ -120,6 +143,7 @@ def table_html(table: Table, rows: list[Row], cols: list[Column]) -> str:
         "Acc, mIoU, std and per-scale numbers in %; InvE ×10⁻²; rows marked paper are the paper's reported "
         "numbers (see Paper reference below).</p>\n"
         f"<table id=\"board\">{_head_html(cols)}\n<tbody>\n{body_rows}\n</tbody></table>\n"
+        f"{_zoo_html(zoo_rows(table))}"
         f"<h2>Per-scale plots</h2>\n{_plots_html(rows)}\n<h2>Paper reference</h2>\n{_paper_notes_html(table)}"
     )
     return page(title, body, static_text("leaderboard.js"))
@@ -134,11 +158,12 @@ def index_html(tables: list[Table], best: dict[str, Row | None]) -> str:
         lines.append(
             f"<tr><td><a href=\"{esc(t.slug)}/index.html\">{esc(t.name)}</a></td><td>{esc(t.split)}</td>"
             f"<td>{esc(t.dataset['generator'])}</td><td>{esc(t.task)}</td><td class=\"num\">{len(t.results)}</td>"
-            f"<td>{esc(leader)}</td><td><a href=\"{esc(t.slug)}/leaderboard.md\">markdown</a></td></tr>"
+            f"<td>{esc(leader)}</td><td><a href=\"{esc(t.slug)}/leaderboard.md\">markdown</a>, "
+            f"<a href=\"{esc(t.slug)}/zoo.csv\">CSV</a></td></tr>"
         )
     body = (
         "<h1>lsbench leaderboard</h1>\n<table><thead><tr><th>Dataset</th><th>Split</th><th>Generator</th><th>Task</th>"
-        "<th>Results</th><th>Best of ours</th><th>Markdown</th></tr></thead>\n<tbody>\n"
+        "<th>Results</th><th>Best of ours</th><th>Downloads</th></tr></thead>\n<tbody>\n"
         + "\n".join(lines) + "\n</tbody></table>"
     )
     return page("lsbench leaderboard", body)

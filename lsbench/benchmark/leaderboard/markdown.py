@@ -12,10 +12,12 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+from . import zoo
 from .columns import Column, format_cell
 from .paper import PAPER_NOTE, paper_tables
 from .rows import Row
 from .tables import Table
+from .zoo import zoo_rows
 
 
 def md_escape(value: Any) -> str:
@@ -49,6 +51,13 @@ def table_markdown(table: Table, rows: list[Row], cols: list[Column]) -> str:
             links = ", ".join(f"seed {seed}: [result]({quote(result)}), [run]({quote(run)}/)"
                               for seed, result, run in row.links)
             lines.append(f"- {md_escape(row.model)} (n {row.n}): {links}")
+    zrows = zoo_rows(table)
+    if zoo.shown(zrows):  # the zoo view; the same numbers are in zoo.csv
+        lines += ["", "## Model zoo", "", "Clean = the scale-1.0 reference of each group, local-scale = every other "
+                  "variant, drop = clean − local-scale (%). CSV: [zoo.csv](zoo.csv).", "",
+                  "| " + " | ".join(md_escape(c.title) for c in zoo.COLUMNS) + " |",
+                  "|" + "|".join("---" if c.key in ("model", "input") else "---:" for c in zoo.COLUMNS) + "|"]
+        lines += ["| " + " | ".join(md_escape(zoo.cell(row, c)) for c in zoo.COLUMNS) + " |" for row in zrows]
     lines += ["", md_escape(PAPER_NOTE)]
     for pt in paper_tables(table):
         notes = " ".join(md_escape(note) for note in pt["notes"])
