@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from hub_cache import populate  # noqa: E402
 
 # Different data configs: bicubic/0.95/ImageNet stats; bicubic/0.9/mean 0.5; crop_pct 1.0 at 384 px;
-# bilinear at 160 px.
+# bilinear at 160 px; and `timm:convnext_tiny` by its bare name (the default tag, in12k_ft_in1k).
 MODELS = ["resnet18.a1_in1k", "vit_tiny_patch16_224.augreg_in21k_ft_in1k", "vit_tiny_patch16_384.augreg_in21k_ft_in1k",
-          "test_resnet.r160_in1k"]
+          "test_resnet.r160_in1k", "convnext_tiny"]
 DEMO = dict(demo=True, detector="annotation", segmenter="grabcut", inpainter="opencv", train=8, test=28,
             shard_size=7, image_format="png")
 
@@ -65,7 +65,8 @@ def _export_imagefolder(data: Path, split: str, root: Path) -> None:
         Image.fromarray(s["image"]).save(folder / f"{s['__key__']}.png")
 
 
-def _timm_top1(name: str, weights: Path, root: Path) -> dict[str, int]:
+def _timm_top5(name: str, weights: Path, root: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Per image: timm's top-5 classes and their probabilities."""
     import timm
     from timm.data import create_transform, resolve_data_config
     from torchvision.datasets import ImageFolder
@@ -76,14 +77,14 @@ def _timm_top1(name: str, weights: Path, root: Path) -> dict[str, int]:
     with torch.inference_mode():
         for i in range(0, len(folder), 8):
             items = [folder[j] for j in range(i, min(i + 8, len(folder)))]
-            top1 = model(torch.stack([x for x, _ in items])).argmax(dim=1).tolist()
-            for j, t in zip(range(i, i + len(items)), top1):
-                out[Path(folder.samples[j][0]).stem] = t
+            probs, classes = model(torch.stack([x for x, _ in items])).softmax(dim=1).topk(5, dim=1)
+            for j, c, p in zip(range(i, i + len(items)), classes.tolist(), probs.tolist()):
+                out[Path(folder.samples[j][0]).stem] = (c, p)
     return out
 
 
 @pytest.mark.slow
-def test_per_sample_top1_equals_timms_own_pipeline(imagenet_ls, hub, tmp_path):
+def test_per_sample_predictions_equal_timms_own_pipeline(imagenet_ls, hub, tmp_path):
     root = tmp_path / "imagefolder"
     _export_imagefolder(imagenet_ls, "test", root)
     for name in MODELS:
@@ -93,10 +94,15 @@ def test_per_sample_top1_equals_timms_own_pipeline(imagenet_ls, hub, tmp_path):
         weights = Path(result["model"]["checkpoint"])
         assert weights.is_relative_to(hub) and weights.name == "model.safetensors"
         records = list(read_predictions(path.parent / result["predictions"]["file"]))
-        ours = {r["key"]: r["top5"][0] for r in records}
-        theirs = _timm_top1(name, weights, root)
-        assert len(ours) == len(theirs) == 28
-        assert ours == theirs, name
+        theirs = _timm_top5(name, weights, root)
+        assert len(records) == len(theirs) == 28
+        assert {r["key"]: r["top5"][0] for r in records} == {k: c[0] for k, (c, _) in theirs.items()}, name
+        # Random weights often predict one class for every image, so the top-1 alone would not tell two
+        # preprocessings apart: the probabilities must agree too (the records keep 6 decimals).
+        for r in records:
+            classes, probs = theirs[r["key"]]
+            assert r["top5"] == classes, (name, r["key"])
+            assert r["top5_p"] == pytest.approx(probs, abs=2e-6), (name, r["key"])
         pre = result["preprocess"]
         import timm
         from timm.data import resolve_data_config
