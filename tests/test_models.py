@@ -145,7 +145,8 @@ def test_timm_family_resolves_and_builds(tmp_path):
     state = timm.create_model("resnet10t", num_classes=4).state_dict()
     torch.save(state, path)
     model = registry.create_model("timm:resnet10t", 4, pretrained=path, img_size=32)
-    assert model.config == {"name": "timm:resnet10t", "timm_name": "resnet10t", "num_classes": 4, "img_size": 32}
+    assert model.config == {"name": "timm:resnet10t", "timm_name": "resnet10t", "num_classes": 4, "img_size": 32,
+                            "pretrained_tag": None, "weights": str(path)}  # a tag only for published weights
     assert all(torch.equal(model.net.state_dict()[k], v) for k, v in state.items())
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4) and model.solver_stats() == {}
     own_size = timm.create_model("resnet10t").pretrained_cfg["input_size"][-1]  # 176 px

@@ -77,7 +77,8 @@ def create(timm_name: str, num_classes: int, task: str = "cls", pretrained: str 
         weights = Path(pretrained)
     size = img_size or net.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
     config = {"name": name, "timm_name": timm_name, "num_classes": num_classes, "img_size": size,
-              "pretrained_tag": net.pretrained_cfg.get("tag"), "weights": str(weights) if weights else None}
+              "pretrained_tag": net.pretrained_cfg.get("tag") if str(pretrained).lower() == "timm" else None,
+              "weights": str(weights) if weights else None}
     return TimmModel(net, config)
 
 
