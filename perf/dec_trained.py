@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lsbench.benchmark.data import loader
+from lsbench.benchmark.preprocess import Preprocess
 from lsbench.dataset import open_dataset
 from lsbench.dec_models import checkpoint
 from lsbench.dec_models.checkpoint import load_model
@@ -53,7 +54,10 @@ def _batch(run: Path, img_size: int, batch: int) -> tuple[torch.Tensor, torch.Te
     study = run.parents[2]  # STUDY/runs/{dataset}/{run}
     data = next((p for p in (data, study.parent / data, study / data) if p.is_dir()), data)
     dataset = open_dataset(data)
-    images, targets, _ = next(iter(loader(dataset, "test", size=img_size, batch_size=batch, train=False)))
+    recorded = checkpoint.read(run / "last.pt").get("preprocess")  # fed as the run was trained
+    pre = Preprocess.from_dict(recorded).with_size(img_size) if recorded else None
+    images, targets, _ = next(iter(loader(dataset, "test", size=img_size, batch_size=batch, train=False,
+                                          preprocess=pre)))
     return images, targets
 
 

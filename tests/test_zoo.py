@@ -1,7 +1,8 @@
 """Pretrained timm models by name, fed with their own preprocessing, against timm's own eval pipeline.
 
 The oracle: an ImageNet-LS demo set exported as an ImageFolder, and for each model ``timm.data.
-create_transform(**resolve_data_config({}, model=m))`` + torchvision's ``ImageFolder`` + the same
+create_transform(**resolve_data_config({}, model=m, use_test_size=True))`` (what timm's ``validate.py``
+uses: the test input size and crop where a model has them) + torchvision's ``ImageFolder`` + the same
 weights — lsbench's per-sample top-1 (from ``--save-predictions``) must equal it on every image.
 Weights are seeded random ones of the real architectures saved into a temporary local Hugging Face
 cache (``hub_cache.py``) and read through the real loading path, offline.
@@ -72,7 +73,8 @@ def _timm_top5(name: str, weights: Path, root: Path) -> dict[str, tuple[list[int
     from torchvision.datasets import ImageFolder
 
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}).eval()
-    folder = ImageFolder(str(root), transform=create_transform(**resolve_data_config({}, model=model)))
+    transform = create_transform(**resolve_data_config({}, model=model, use_test_size=True))
+    folder = ImageFolder(str(root), transform=transform)
     out = {}
     with torch.inference_mode():
         for i in range(0, len(folder), 8):
@@ -107,7 +109,7 @@ def test_per_sample_predictions_equal_timms_own_pipeline(imagenet_ls, hub, tmp_p
         import timm
         from timm.data import resolve_data_config
 
-        expected = resolve_data_config({}, model=timm.create_model(name, pretrained=False))
+        expected = resolve_data_config({}, model=timm.create_model(name, pretrained=False), use_test_size=True)
         assert (pre["kind"], pre["size"], pre["crop_pct"], pre["interpolation"]) == (
             "timm", expected["input_size"][-1], expected["crop_pct"], expected["interpolation"])
         assert pre["mean"] == list(expected["mean"]) and pre["std"] == list(expected["std"])
@@ -150,6 +152,27 @@ def test_crop_geometry_follows_timms_resize():
     assert pre.inside((90, 40, 110, 60), 100, 200)  # the centre stays
     squash = Preprocess(kind="squash", size=64)
     assert squash.inside((0, 0, 200, 100), 100, 200)
+    # crop_mode "border": the image is padded, not cut; where it lands is timm's CenterCropOrPad's.
+    border = Preprocess(kind="timm", size=224, crop_pct=1.0, crop_mode="border")
+    pad = create_transform(input_size=(3, 224, 224), crop_pct=1.0, crop_mode="border").transforms[:2]
+    for h, w in [(100, 203), (101, 224), (300, 97), (99, 224)]:
+        out = np.asarray(pad[1](pad[0](Image.new("RGB", (w, h), (255, 255, 255)))))
+        white = (out == 255).all(axis=2)
+        rh, rw, top, left = border._resized(h, w)
+        assert (white.any(axis=1).sum(), white.any(axis=0).sum()) == (rh, rw)
+        assert (-top, -left) == (np.argmax(white.any(axis=1)), np.argmax(white.any(axis=0)))
+        assert border.inside((0, 0, w, h), h, w)
+
+
+def test_unknown_tags_and_url_only_weights_are_one_line():
+    from lsbench.dec_models.registry import create_model
+
+    with pytest.raises(ConfigError) as e:
+        create_model("timm:resnet18.bogus", 1000, pretrained="timm")
+    assert str(e.value).startswith("Invalid pretrained tag (bogus) for resnet18. Published tags: a1_in1k, ")
+    with pytest.raises(ConfigError, match=r"^timm publishes the weights of gcvit_tiny.in1k at a URL, not on the "
+                                          r"Hugging Face hub: download them once and pass --checkpoint FILE"):
+        create_model("timm:gcvit_tiny.in1k", 1000, pretrained="timm")
 
 
 def test_many_models_skip_what_exists_and_go_on_past_a_failure(tmp_path, hub):
@@ -188,6 +211,10 @@ def test_many_models_skip_what_exists_and_go_on_past_a_failure(tmp_path, hub):
     assert [p.stat().st_mtime_ns for p in sorted(out.glob("*.json"))] == stamps  # skipped, not rewritten
     proc = cli("--models", str(listing))
     assert proc.stderr.count("skipped, its result for these weights and this dataset is") == 2
+    # Other evaluation options are another result: evaluated again, not skipped.
+    proc = cli("--models", str(listing), "--limit", "5", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert all(p.stat().st_mtime_ns != t for p, t in zip(sorted(out.glob("*.json")), stamps))
     empty = tmp_path / "none.txt"
     empty.write_text("# nothing\n")
     proc = cli("--models", str(empty))
@@ -208,6 +235,7 @@ def test_many_models_skip_what_exists_and_go_on_past_a_failure(tmp_path, hub):
         assert float(r["accuracy_clean"]) == m["accuracy_clean"] and float(r["accuracy_drop"]) == pytest.approx(
             m["accuracy_clean"] - m["accuracy_scaled"])
         assert float(r["gmacs"]) > 0 and float(r["params_m"]) > 0 and "160 px, center crop 0.95" in r["input"]
+        assert int(r["objects_cut"]) == m["objects_cut"] and int(r["objects_boxed"]) == m["objects_boxed"]
     page = (folder / "index.html").read_text()
     assert "<h2>Model zoo</h2>" in page and 'href="zoo.csv"' in page
     assert "## Model zoo" in (folder / "leaderboard.md").read_text()

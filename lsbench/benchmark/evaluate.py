@@ -52,11 +52,13 @@ class Built:
 
 
 def timm_preprocess(net: nn.Module, timm_name: str, img_size: int | None) -> Preprocess:
-    """A timm model's own eval preprocessing (``resolve_data_config``), at ``img_size`` if given."""
+    """A timm model's own eval preprocessing, as timm's ``validate.py`` resolves it (``resolve_data_config``
+    with the test input size and crop where the model has them), at ``img_size`` if given."""
     from timm.data import resolve_data_config
 
     args = {"input_size": (3, img_size, img_size)} if img_size else {}
-    return Preprocess.from_timm(resolve_data_config(args, model=net), f"timm data config of {timm_name}")
+    config = resolve_data_config(args, model=net, use_test_size=True)
+    return Preprocess.from_timm(config, f"timm data config of {timm_name} (test size, as timm's validate.py)")
 
 
 def build_model(name: str, info: Dataset, checkpoint: Path | None, img_size: int | None,
@@ -68,6 +70,7 @@ def build_model(name: str, info: Dataset, checkpoint: Path | None, img_size: int
         net = create_model(name, info.num_classes, task=info.task, pretrained=checkpoint or "timm",
                            img_size=img_size)
         pre = timm_preprocess(net.net, tail, img_size)
+        net.config["img_size"] = pre.size  # the test size where the model has one
         return Built(net, net.config, pre, Path(net.config["weights"]))
     if checkpoint is None:
         raise ConfigError(f"{name}: pass --checkpoint runs/NAME/best.pt (written by `lsbench train`)")
@@ -248,6 +251,7 @@ def evaluate(
             "gmacs": gmacs,
         },
         "preprocess": pre.to_dict(),
+        "evaluation": evaluation_options(config),
         "environment": {
             "device": str(device), "hardware": _hardware(device), "world_size": world, "versions": _versions(),
             "command": shlex.join(sys.argv), "wall_time_s": time.perf_counter() - start,
@@ -268,6 +272,14 @@ def evaluate(
             result["predictions"]["file"] = file.name
         path = write_result(result, out)
     return result, path
+
+
+def evaluation_options(config: EvaluateConfig) -> dict[str, Any]:
+    """The options that change a result's numbers (not batch size or workers), recorded in it; a zoo sweep
+    skips a model only when its stored result was made with the same (:mod:`.zoo`)."""
+    return {"split": config.split, "limit": config.limit, "img_size": config.img_size,
+            "eque_draws": config.eque_draws, "eque_strength": config.eque_strength, "amp": config.amp,
+            "seed": config.seed, "skip_corrupt": config.skip_corrupt}
 
 
 def _gmacs(net: nn.Module, size: int, device: torch.device) -> float | None:

@@ -93,7 +93,7 @@ class Preprocess:
                 rh, rw = scale, int(scale * w / h)
             else:
                 rh, rw = int(scale * h / w), scale
-        return rh, rw, int(round((rh - s) / 2.0)), int(round((rw - s) / 2.0))
+        return rh, rw, _offset(rh, s), _offset(rw, s)
 
     def inside(self, box: list[float] | tuple[float, ...], h: int, w: int) -> bool:
         """Whether box ``(x0, y0, x1, y1)`` (pixels of an ``h × w`` stored image) stays whole in the input."""
@@ -103,6 +103,12 @@ class Preprocess:
         eps = 1e-6
         return (x0 * sx - left >= -eps and y0 * sy - top >= -eps and x1 * sx - left <= self.size + eps
                 and y1 * sy - top <= self.size + eps)
+
+
+def _offset(resized: int, size: int) -> int:
+    """Where the ``size`` window starts in a ``resized`` side: torchvision's ``CenterCrop`` rounding, or (the
+    side shorter than the window) minus timm's ``CenterCropOrPad`` left/top padding."""
+    return int(round((resized - size) / 2.0)) if resized >= size else -((size - resized) // 2)
 
 
 # What checkpoints written before preprocessing was recorded were fed with (and lsbench models still are,

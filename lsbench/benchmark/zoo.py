@@ -5,11 +5,13 @@ this dataset (manifest sha256), split and weights (sha256 of the checkpoint or o
 weights in the local cache) is already in the output folder is skipped, so a zoo sweep that was
 interrupted, or extended by a few names, only runs what is missing.  One model failing (absent
 weights, wrong class count, out of memory) is reported and the rest go on; the caller gets every
-outcome and decides the exit code.
+outcome and decides the exit code.  Under ``torchrun`` a failure stops the sweep (the other ranks would
+wait for the failed one in a collective).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,21 +54,29 @@ def _weights_sha256(config: EvaluateConfig) -> str | None:
 
 
 def existing_result(config: EvaluateConfig, manifest_sha256: str) -> Path | None:
-    """A result in ``config.out`` of this model, dataset, split and weights, if there is one."""
+    """A result in ``config.out`` of this model, dataset, weights and evaluation options (and, with
+    ``save_predictions``, its predictions file), if there is one."""
+    from .evaluate import evaluation_options
+    from .predictions import predictions_path
+
     out = Path(config.out) if config.out is not None else None
     paths = sorted(out.rglob("*.json")) if out is not None and out.is_dir() else []
-    sha = _weights_sha256(config) if paths and config.limit is None else None
+    sha = _weights_sha256(config) if paths else None
     if sha is None:
         return None
+    options = evaluation_options(config)
     for path in paths:
         try:
             data = read_result(path)
         except LsbenchError:  # another file in the folder; not this model's result
             continue
         d, m = data["dataset"], data["model"]
-        if (m["name"] == config.model and m["checkpoint_sha256"] == sha and d["manifest_sha256"] == manifest_sha256
-                and d["split"] == config.split):
-            return path
+        if not (m["name"] == config.model and m["checkpoint_sha256"] == sha and d["manifest_sha256"] == manifest_sha256
+                and data.get("evaluation") == options):
+            continue
+        if config.save_predictions and not (data.get("predictions") and predictions_path(path).is_file()):
+            continue
+        return path
     return None
 
 
@@ -101,6 +111,8 @@ def evaluate_many(config: EvaluateConfig, models: list[str], *, log: Callable[[s
         try:
             result, path = run(cfg)
         except (LsbenchError, torch.OutOfMemoryError) as e:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise  # under torchrun the other ranks wait in a collective: stop them all instead of hanging
             outcomes.append(Outcome(name, "failed", error=str(e)))
             if log:
                 log(f"{prefix}: failed: {e}")

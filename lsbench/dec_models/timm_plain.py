@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .weights import cached_weights, read_state_dict
+from .weights import cached_weights, pretrained_cfg, read_state_dict
 
 PREFIX = "timm"
 USAGE = "timm:NAME"
@@ -86,12 +86,8 @@ def _published(timm_name: str, num_classes: int) -> tuple[nn.Module, Path]:
     """The published weights of ``timm_name`` from the local Hugging Face cache, through timm's own loader
     (its checkpoint filters apply); the class count must be the dataset's."""
     import timm
-    from timm.models import get_pretrained_cfg
 
-    cfg = get_pretrained_cfg(timm_name)
-    if cfg is None:
-        raise ConfigError(f"timm has no published weights for {timm_name}; pass --checkpoint FILE")
-    published = cfg.num_classes
+    published = pretrained_cfg(timm_name).num_classes
     if published != num_classes:
         raise ConfigError(
             f"{PREFIX}:{timm_name}'s published weights classify {published} classes, the dataset has {num_classes}; "

@@ -23,14 +23,33 @@ def hub_cache() -> Path:
     return Path(os.environ.get("HF_HUB_CACHE") or home / "hub")
 
 
+def pretrained_cfg(timm_name: str):
+    """timm's pretrained config of ``NAME[.TAG]``; an unknown tag or a name without published weights is one
+    :class:`ConfigError` line naming the tags there are."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(timm_name)
+    except RuntimeError as e:  # timm: "Invalid pretrained tag (x) for resnet18."
+        base = timm_name.split(".", 1)[0]
+        tags = [n.split(".", 1)[1] for n in timm.list_pretrained(base) if n.split(".", 1)[0] == base]
+        raise ConfigError(f"{e} Published tags: {', '.join(tags) or 'none'}") from None
+    if cfg is None:
+        raise ConfigError(f"timm has no published weights for {timm_name}")
+    return cfg
+
+
 def cached_weights(timm_name: str,
                    otherwise: str = "or pass --pretrained PATH to a checkpoint file, or --pretrained none") -> Path:
     """The weights file of ``timm_name``'s pretrained tag (``NAME.TAG``, or the default) in the local HF
     cache — looked up locally only, never downloaded; ``otherwise`` ends the error's hint."""
     from huggingface_hub import hf_hub_download
-    from timm.models import get_pretrained_cfg
 
-    repo = get_pretrained_cfg(timm_name).hf_hub_id
+    repo = pretrained_cfg(timm_name).hf_hub_id
+    if not repo:
+        raise ConfigError(f"timm publishes the weights of {timm_name} at a URL, not on the Hugging Face hub: "
+                          f"download them once and {otherwise.removeprefix('or ')}")
     for filename in ("model.safetensors", "pytorch_model.bin"):
         try:
             return Path(hf_hub_download(repo, filename, local_files_only=True, cache_dir=hub_cache()))

@@ -3,10 +3,10 @@
 Per result of a table: clean accuracy (the scale-1.0 references of the groups) beside locally
 scaled accuracy (every other variant) and the drop, InvE, the spread of P(correct class) over the
 scale bins (max − min over non-empty bins: how much the model's confidence depends on scale),
-parameters, GMACs, images/s, the preprocessing (input size, crop) and how many objects its crop
-cut.  Written as ``zoo.csv`` (plain numbers, full precision; spreadsheets and pandas read it) and as
-a section of the table's HTML page and markdown, from the same :func:`zoo_rows`.  Results written
-before lsbench recorded clean accuracy leave those cells empty.
+parameters, GMACs, images/s, the preprocessing (input size, crop) and how many object boxes its
+crop cut.  Written as ``zoo.csv`` (numbers at full precision, the input as text; spreadsheets and
+pandas read it) and as a section of the table's HTML page and markdown, from the same
+:func:`zoo_rows`.  Results written before lsbench recorded clean accuracy leave those cells empty.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ COLUMNS = [
     ZooColumn("images_per_s", "img/s", "", 1),
     ZooColumn("input", "Input", "", 0),
     ZooColumn("objects_cut", "Objects cut", "", 0),
+    ZooColumn("objects_boxed", "of boxed", "", 0),
 ]
 
 
@@ -61,14 +62,13 @@ def zoo_rows(table: Table) -> list[dict[str, Any]]:
     for r in table.results:
         d = r.data
         m, e = d["metrics"], d["efficiency"]
-        cut, boxed = m.get("objects_cut"), m.get("objects_boxed")
         rows.append({
             "model": d["model"]["name"], "accuracy_clean": m.get("accuracy_clean"),
             "accuracy_scaled": m.get("accuracy_scaled"), "accuracy_drop": m.get("accuracy_drop"),
             "inve": m.get("inve"), "p_correct_spread": _spread(m.get("per_scale") or []),
             "params_m": e["parameters"] / 1e6, "gmacs": e.get("gmacs"), "images_per_s": e["images_per_s"],
             "input": _input(d.get("preprocess")),
-            "objects_cut": f"{cut} of {boxed}" if cut is not None and boxed else ("" if cut is None else str(cut)),
+            "objects_cut": m.get("objects_cut"), "objects_boxed": m.get("objects_boxed"),
         })
     return sorted(rows, key=lambda row: (row["accuracy_scaled"] is None, -(row["accuracy_scaled"] or 0)))
 
