@@ -1,11 +1,17 @@
 """The leaderboard page in a real browser: headless Chromium (Debian's ``chromium``) renders it offline.
 
 Checks the rendered table (rows, order, paper rows), that hostile model names stay text (no injected
-element, no handler ran), that ``?sort=`` sorts on load, and takes a screenshot.
+element, no handler ran), that ``?sort=`` sorts on load, that at 1280 px the page does not scroll sideways
+while the board scrolls in its own box with the model column sticky, and takes screenshots (the 1280-px ones
+are also copied to ``/tmp/leaderboard-1280*.png``).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -102,3 +108,64 @@ def test_screenshot(page, tmp_path):
         assert im.size == (1280, 900)
         colors = im.convert("RGB").getcolors(maxcolors=1_000_000)
     assert colors is not None and len(colors) > 50  # text, table and badges, not a blank page
+
+
+# Measures the page as laid out (run after the page's own script, allowed by its own hash in the CSP):
+# does the document scroll sideways, is the board's first column sticky, and does it stay put when the
+# board's box is scrolled.  The answer goes into an attribute of <html>, read back from --dump-dom.
+PROBE = """(function () {
+  var wrap = document.getElementById("board-scroll"), table = document.getElementById("board");
+  var cell = table.tBodies[0].rows[0].cells[0], head = table.tHead.rows[0].cells[0];
+  var left = function (el) { return el.getBoundingClientRect().left; };
+  var before = [left(cell), left(table.tBodies[0].rows[0].cells[4])];
+  wrap.scrollLeft = 400;
+  var probe = {
+    innerWidth: window.innerWidth, docScrollWidth: document.documentElement.scrollWidth,
+    bodyScrollWidth: document.body.scrollWidth,
+    cellPosition: getComputedStyle(cell).position, headPosition: getComputedStyle(head).position,
+    cellBackground: getComputedStyle(cell).backgroundColor, wrapOverflowX: getComputedStyle(wrap).overflowX,
+    wrapScrollWidth: wrap.scrollWidth, wrapClientWidth: wrap.clientWidth, scrolled: wrap.scrollLeft,
+    cellMoved: left(cell) - before[0], otherMoved: left(table.tBodies[0].rows[0].cells[4]) - before[1],
+    images: document.images.length
+  };
+  wrap.scrollLeft = 0;
+  document.documentElement.setAttribute("data-probe", JSON.stringify(probe));
+})();"""
+
+
+def probe_page(page: Path) -> Path:
+    """A copy of ``page`` (same folder, so its plots load) that runs :data:`PROBE` after its own script."""
+    text = page.read_text(encoding="utf-8")
+    digest = base64.b64encode(hashlib.sha256(PROBE.encode("utf-8")).digest()).decode("ascii")
+    csp = re.search(r"script-src &#x27;sha256-[A-Za-z0-9+/=]+&#x27;", text)  # the attribute is HTML-escaped
+    assert csp, "the page's CSP names its script by hash"
+    source = html.escape(f"'sha256-{digest}'")
+    text = text.replace(csp.group(0), f"{csp.group(0)} {source}", 1)
+    text = text.replace("</body>", f"<script>{PROBE}</script>\n</body>", 1)
+    probe = page.with_name("probe-1280.html")
+    probe.write_text(text, encoding="utf-8")
+    return probe
+
+
+def test_page_fits_1280_px_and_model_column_is_sticky(page, tmp_path):
+    dom = chromium(tmp_path, "--dump-dom", "--window-size=1280,900", probe_page(page).as_uri())
+    found = re.search(r'<html[^>]*\sdata-probe="([^"]*)"', dom)
+    assert found, "the probe did not run (CSP?)"
+    probe = json.loads(html.unescape(found.group(1)))
+    assert probe["innerWidth"] == 1280
+    assert probe["docScrollWidth"] <= 1280 and probe["bodyScrollWidth"] <= 1280  # no sideways scroll of the page
+    assert probe["wrapOverflowX"] == "auto"
+    assert probe["wrapScrollWidth"] > probe["wrapClientWidth"] and probe["scrolled"] > 0  # the board's box scrolls
+    assert probe["cellPosition"] == "sticky" and probe["headPosition"] == "sticky"
+    assert probe["cellBackground"] not in ("rgba(0, 0, 0, 0)", "transparent")  # text under it does not show through
+    assert abs(probe["cellMoved"]) < 1 and probe["otherMoved"] < -100  # the model column stays, the rest scrolls
+    assert probe["images"] == 4  # the four charts
+    # screenshots for a human: the top of the page, and the whole of it
+    shot, full = tmp_path / "leaderboard-1280.png", tmp_path / "leaderboard-1280-full.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,900", page.as_uri())
+    chromium(tmp_path, f"--screenshot={full}", "--window-size=1280,3200", page.as_uri())
+    for path, size in ((shot, (1280, 900)), (full, (1280, 3200))):
+        with Image.open(path) as im:
+            assert im.size == size
+            assert len(im.convert("RGB").getcolors(maxcolors=1_000_000) or []) > 50
+        shutil.copy(path, Path("/tmp") / path.name)

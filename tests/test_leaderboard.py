@@ -1,4 +1,5 @@
-"""The leaderboard (``lsbench.benchmark.leaderboard``): site layout, ranking, paper rows, escaping, refusals."""
+"""The leaderboard (``lsbench.benchmark.leaderboard``): site layout, ranking, paper rows, escaping, refusals,
+the comparative charts (their data, through :func:`plots.charts`, and their files)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from PIL import Image
 
 from lsbench.benchmark import leaderboard as lb
 from lsbench.benchmark import results
+from lsbench.benchmark.leaderboard import plots
+from lsbench.benchmark.leaderboard.rows import Row
 from lsbench.benchmark.leaderboard.tables import group_results
 from lsbench.dec_models.registry import ARCHS, METHODS
 from lsbench.errors import LsbenchError
@@ -171,18 +174,140 @@ def test_markdown_escapes(site):
     assert sum("(paper)" in line and "paper Table" in line for line in table) == 28
 
 
-def test_plots_are_pngs(site):
+CHARTS = ["scale-accuracy.png", "scale-pcorrect.png", "inve-vs-accuracy.png", "accuracy-vs-speed.png"]
+
+
+def table_charts(results_dir: Path, name: str) -> tuple[list[Row], dict[str, plots.Chart]]:
+    """The rows of table ``name`` and its charts by file name, as :func:`lb.build` would plot them."""
+    table = next(t for t in group_results(results.load_results(results_dir)) if t.name == name)
+    rows = lb.table_rows(table)
+    return rows, {chart.file: chart for chart in plots.charts(table, rows)}
+
+
+def test_charts_are_pngs_one_per_question(site):
     out, _ = site
-    plots = sorted((out / "mnist-ls-3digit-test" / "plots").glob("*.png"))
-    assert len(plots) == 6  # accuracy + P(correct) for each of our 3 models
-    assert {p.name.rsplit("-", 1)[1] for p in plots} == {"acc.png", "pcorrect.png"}
-    for plot in plots:
-        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        with Image.open(plot) as im:
-            im.verify()
+    for slug in ("mnist-ls-3digit-test", "gso-ls-test"):
+        folder = out / slug
+        assert sorted(p.name for p in (folder / "plots").glob("*.png")) == sorted(CHARTS)  # no per-result plots
+        page, md = (folder / "index.html").read_text(), (folder / "leaderboard.md").read_text()
+        assert page.count("<img ") == len(CHARTS) and "is not drawn" not in page
+        for name in CHARTS:
+            plot = folder / "plots" / name
+            assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            with Image.open(plot) as im:
+                assert im.size == (800, 420)  # fixed size, what the page's <img> reserves
+                im.verify()
+            assert f'<img src="plots/{name}"' in page and 'width="800" height="420"' in page
+            assert f"](plots/{name})" in md
+
+
+def test_scale_charts_one_line_per_model_and_dashed_paper_rows(site):
+    out, _ = site
+    rows, charts = table_charts(out.parent / "results", "mnist-ls-3digit")
+    acc, pcorrect = charts["scale-accuracy.png"], charts["scale-pcorrect.png"]
+    assert acc.bins == pcorrect.bins == [label for label, _, _ in MNIST_BINS]
+    with_scales = [r for r in rows if any(v is not None for _, _, v, _ in r.scales)]
+    assert len(with_scales) == 3 + 4  # ours and paper Table 3 (Table 2 has no per-scale numbers)
+    assert len(acc.series) == len(with_scales)
+    assert [s.name for s in acc.series[:3]] == ["swin_dec", EVIL, "vit_aug"]  # ours first, best first
+    assert {s.name for s in acc.series[3:]} == {f"swin_{m} (paper Table 3)" for m in ("dec", "aug", "invl", "canon")}
+    assert [s.paper for s in acc.series] == [False] * 3 + [True] * 4  # drawn dashed
+    assert acc.series[0].values == pytest.approx([94.0, 95.0, 96.0])  # make_result: acc + 0.01 (i - 1), in %
+    # P(correct): the paper prints none, so ours only
+    assert [s.name for s in pcorrect.series] == ["swin_dec", EVIL, "vit_aug"]
+    assert pcorrect.series[0].values == pytest.approx([85.5, 87.5, 89.5])
+
+
+def bins_result(name: str, accuracy: float, counts: list[int]) -> dict[str, Any]:
+    """A 10-class result over four bins with the given sample counts (an empty bin has no numbers)."""
+    result = make_result(name, accuracy, dataset="mnist-ls-1digit", per_scale=MNIST_BINS + [("[3.0, 4.0]", 3.0, 4.0)])
+    result["dataset"]["num_classes"] = 10
+    for scale, count in zip(result["metrics"]["per_scale"], counts):
+        scale["count"] = count
+        if count == 0:
+            scale["accuracy"] = scale["p_correct"] = None
+    return result
+
+
+def test_bins_no_sample_reaches_are_left_out(tmp_path):
+    folder = write_results(tmp_path / "r", {
+        "a.json": bins_result("resnet_dec", 0.9, [100, 0, 50, 0]),  # [1.0, 2.0] empty here, not in b
+        "b.json": bins_result("vit_dec", 0.8, [100, 20, 50, 0]),  # [3.0, 4.0] empty in every result
+    })
+    rows, charts = table_charts(folder, "mnist-ls-1digit")
+    for name in ("scale-accuracy.png", "scale-pcorrect.png"):
+        assert charts[name].bins == ["[0.4, 1.0]", "[1.0, 2.0]", "[2.0, 3.0]"]
+        assert len(charts[name].series) == 2
+        resnet = next(s for s in charts[name].series if s.name == "resnet_dec")
+        assert resnet.values[1] is None and None not in resnet.values[::2]  # a gap, not a zero
+    assert [key for key, _ in plots.chart_bins(rows)] == [(0.4, 1.0), (1.0, 2.0), (2.0, 3.0)]
+    page = (lb.build(folder, tmp_path / "site")[0] / "index.html").read_text()
+    assert page.count("<img ") == len(CHARTS)
+
+
+def test_seed_rows_bins_count_over_seeds(tmp_path):
+    files = {f"dec{s}.json": study_result("resnet_dec", 0.9, s) for s in range(2)}
+    files["dec0.json"]["metrics"]["per_scale"][2].update(count=0, accuracy=None, p_correct=None)
+    (table,) = group_results(results.load_results(write_results(tmp_path / "r", files)))
+    (row,) = [r for r in lb.table_rows(table) if not r.paper]
+    assert list(row.counts.values()) == [200, 200, 100]  # the bin one seed reaches is kept
+    assert len(plots.chart_bins([row])) == 3
+
+
+def test_scatter_charts_one_labelled_point_per_model(site, tmp_path):
+    out, _ = site
+    rows, charts = table_charts(out.parent / "results", "mnist-ls-3digit")
+    inve, speed = charts["inve-vs-accuracy.png"], charts["accuracy-vs-speed.png"]
+    ours = [r for r in rows if not r.paper]
+    assert [p.name for p in inve.points] == [r.model for r in ours]  # the paper's rows are not points
+    assert [(p.x, p.y) for p in inve.points] == [(r.values["primary"], r.values["inve"]) for r in ours]
+    assert inve.better == (1.0, 0.0) and inve.xlabel == "accuracy (%)"  # better: high accuracy, low InvE
+    assert [(p.x, p.y) for p in speed.points] == [(321.5, r.values["primary"]) for r in ours]
+    assert speed.better == (1.0, 1.0) and not speed.log_x
+    # a study row's point: its mean, the std over seeds as error bars
+    files = {f"dec{s}.json": study_result("resnet_dec", acc, s) for s, acc in enumerate((0.90, 0.92, 0.94))}
+    _, charts = table_charts(write_results(tmp_path / "r", files), "mnist-ls-1digit")
+    (point,) = charts["inve-vs-accuracy.png"].points
+    assert (point.x, point.xerr) == pytest.approx((92.0, 2.0))
+    assert point.yerr == pytest.approx(statistics.stdev(5.0 * (1 - a) for a in (0.90, 0.92, 0.94)))
+
+
+def test_charts_with_nothing_to_show_are_not_drawn(tmp_path):
+    full = make_result("resnet_dec", 0.9, dataset="plain", generator="custom")
+    write_results(tmp_path / "r", {"a.json": full})
+    folder = lb.build(tmp_path / "r", tmp_path / "site")[0]
+    assert len(list((folder / "plots").glob("*.png"))) == len(CHARTS)
+    bare = make_result("resnet_dec", 0.9, dataset="plain", generator="custom", per_scale=[])
+    bare["metrics"]["inve"] = bare["metrics"]["inve_code"] = None
+    write_results(tmp_path / "r", {"a.json": bare})
+    lb.build(tmp_path / "r", tmp_path / "site")  # rebuilt: the charts of the first build are gone
+    assert [p.name for p in (folder / "plots").glob("*.png")] == ["accuracy-vs-speed.png"]
+    page, md = (folder / "index.html").read_text(), (folder / "leaderboard.md").read_text()
+    for text in (page, md):
+        assert text.count("is not drawn") == 3
+        assert "The per-scale accuracy chart is not drawn: no row has per-scale accuracy." in text
+        assert "The InvE vs accuracy chart is not drawn: no result of ours has both an InvE and accuracy." in text
+    assert page.count("<img ") == 1 and 'src="plots/accuracy-vs-speed.png"' in page
+
+
+def test_charts_are_deterministic(site, tmp_path):
+    out, _ = site
+    again = lb.build(out.parent / "results", tmp_path / "site")
+    for folder in again:
+        for name in CHARTS:
+            png = (folder / "plots" / name).read_bytes()
+            assert png == (out / folder.name / "plots" / name).read_bytes()
+            assert b"tEXt" not in png and b"iTXt" not in png  # no software version, no date
+
+
+def test_board_scrolls_in_its_own_box_with_the_model_column_sticky(site):
+    out, _ = site
     page = (out / "mnist-ls-3digit-test" / "index.html").read_text()
-    for plot in plots:
-        assert f'src="plots/{plot.name}"' in page
+    assert '<div class="scroll" id="board-scroll"><table id="board">' in page
+    assert '<div class="scroll"><table id="zoo">' in page or "Model zoo" not in page
+    css = page.split("<style>", 1)[1].split("</style>", 1)[0]
+    assert "#board-scroll{overflow:auto" in css
+    assert "#board th:first-child,#board td:first-child{position:sticky;left:0;" in css and "background:#fff" in css
 
 
 def test_refuses_different_manifest_hashes(tmp_path):

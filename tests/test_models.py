@@ -506,3 +506,11 @@ def test_cli_models_no_counts(cli):
 def test_cli_models_bad_size_is_one_error_line(cli):
     result = cli("models", "--size", "huge")
     assert_user_error(result, "size must be one of")
+
+
+def test_method_names_without_torch_match_the_registry():
+    """``names.METHOD_NAMES`` (what the torch-free leaderboard splits names with) is the registry's list."""
+    from lsbench.dec_models.methods import list_methods
+    from lsbench.dec_models.names import METHOD_NAMES
+
+    assert tuple(list_methods()) == METHOD_NAMES

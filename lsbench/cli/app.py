@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import sys
 from contextlib import contextmanager
 
 import typer
@@ -63,8 +64,6 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        import torch
-
         try:
             return fn(*args, **kwargs)
         except Interrupted as e:
@@ -73,10 +72,13 @@ def user_errors(fn):
             _fail("interrupted", 130)
         except LsbenchError as e:
             _fail(_one_line(e))
-        except torch.cuda.OutOfMemoryError:
-            _fail("the GPU ran out of memory; lower --batch-size (or --img-size)")
         except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
             _fail(f"{e.strerror}: {e.filename}" if e.filename else str(e))
+        except RuntimeError as e:
+            torch = sys.modules.get("torch")  # only a command that imported torch can run out of GPU memory
+            if torch is not None and isinstance(e, torch.cuda.OutOfMemoryError):
+                _fail("the GPU ran out of memory; lower --batch-size (or --img-size)")
+            raise
 
     return wrapper
 

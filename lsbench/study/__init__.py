@@ -13,11 +13,19 @@ launched here, in a process pool or on SLURM through ``submitit`` (:mod:`.launch
     report(plan)                      # OUT/summary.json and OUT/site/
 """
 
-from .config import BUDGETS, StudyConfig, load_study
-from .estimate import estimate
-from .launch import Outcome, StudyError, launch
-from .plan import Plan, Run, plan_study, table
-from .report import report, summarize
+import importlib
 
-__all__ = ["BUDGETS", "Outcome", "Plan", "Run", "StudyConfig", "StudyError", "estimate", "launch", "load_study",
-           "plan_study", "report", "summarize", "table"]
+# name → module, loaded on first use (PEP 562): `lsbench study --help` and the study config's parsing
+# need no torch, the planner and launcher do.
+_EXPORTS = {
+    "BUDGETS": "config", "StudyConfig": "config", "load_study": "config", "estimate": "estimate",
+    "Outcome": "launch", "StudyError": "launch", "launch": "launch", "Plan": "plan", "Run": "plan",
+    "plan_study": "plan", "table": "plan", "report": "report", "summarize": "report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -33,7 +33,6 @@ from typing import Any
 
 from ..benchmark.configs import TrainConfig
 from ..dec_models.archs import SIZES, list_archs
-from ..dec_models.methods import list_methods
 from ..errors import ConfigError
 from ..options import check_ranges, option
 
@@ -291,6 +290,8 @@ def check(cfg: StudyConfig, study: StudyFile | None = None) -> None:
         raise ConfigError(f"{where('seeds')}seeds must be a list of integers, got {list(cfg.seeds)}")
     if not cfg.data:
         raise ConfigError("a study needs at least one dataset: data = [...] in the file, or --data DIR")
+    from ..dec_models.methods import list_methods  # torch: only when a study is checked, not for --help
+
     for key, known in (("archs", list_archs()), ("methods", list_methods())):
         items = getattr(cfg, key)
         if not items:

@@ -1,4 +1,4 @@
-"""The leaderboard: result JSON files → per-dataset markdown, a static sortable HTML page and plots.
+"""The leaderboard: result JSON files → per-dataset markdown, a static sortable HTML page and charts.
 
 It only *reads* results, through :mod:`lsbench.benchmark.results` (which never imports it back):
 ``build(results_dir, out_dir)`` loads and validates every ``*.json`` under ``results_dir``
@@ -12,12 +12,16 @@ Site layout::
 
     out/index.html                      links to every table
     out/{slug}/index.html               the table (inline CSS + JS, click a header to sort,
-                                        ``index.html?sort=<key>&dir=asc|desc`` sorts on load)
+                                        ``index.html?sort=<key>&dir=asc|desc`` sorts on load; it scrolls
+                                        sideways in its own box, the model column kept in view), the charts
     out/{slug}/leaderboard.md           the same table in markdown
     out/{slug}/zoo.csv                  one line per model: clean vs locally scaled accuracy, the drop, InvE,
                                         P(correct) spread, parameters, GMACs, img/s (:mod:`.zoo`)
-    out/{slug}/plots/NN-{model}-acc.png       per-scale accuracy, one per result (if it has any)
-    out/{slug}/plots/NN-{model}-pcorrect.png  P(correct class) per scale, one per result (if any)
+    out/{slug}/plots/scale-accuracy.png     per-scale accuracy, one line per model (the paper's rows dashed)
+    out/{slug}/plots/scale-pcorrect.png     P(correct class) per scale, one line per model
+    out/{slug}/plots/inve-vs-accuracy.png   InvE against accuracy (mIoU), one labelled point per model
+    out/{slug}/plots/accuracy-vs-speed.png  accuracy (mIoU) against images/s, one labelled point per model
+                                            (a chart with nothing to show is not drawn; the page says so)
 
 ``slug`` is ``{dataset name}-{split}`` reduced to ``[A-Za-z0-9._-]``.
 """
@@ -32,7 +36,7 @@ from .columns import columns
 from .html import index_html, table_html
 from .markdown import table_markdown
 from .paper import KINDS, PAPER_PATH, load_paper, paper_row, paper_tables
-from .plots import clear_plots, plot_row
+from .plots import charts, clear_plots, draw_charts
 from .rows import Row, arch_method, by_primary, our_rows
 from .tables import LeaderboardError, Table, group_results
 from .zoo import zoo_csv, zoo_rows
@@ -56,14 +60,14 @@ def _href(path: Path, folder: Path) -> str:
 def write_table(table: Table, rows: list[Row], out_dir: Path) -> tuple[Path, Row | None]:
     """Write one dataset folder of ``rows`` (:func:`table_rows`); returns it and our best row."""
     folder = out_dir / table.slug
-    clear_plots(folder / "plots")
     ours = [row for row in rows if not row.paper]
-    for rank, row in enumerate(ours, 1):
-        row.plots = plot_row(row, rank, rows, folder / "plots")
+    for row in ours:
         row.links = [(seed, _href(result, folder), _href(run, folder)) for seed, result, run in row.runs]
-    cols = columns(table, rows)
-    (folder / "index.html").write_text(table_html(table, rows, cols), encoding="utf-8")
-    (folder / "leaderboard.md").write_text(table_markdown(table, rows, cols), encoding="utf-8")
+    cols, shown = columns(table, rows), charts(table, rows)
+    clear_plots(folder / "plots")
+    draw_charts(shown, folder / "plots")
+    (folder / "index.html").write_text(table_html(table, rows, cols, shown), encoding="utf-8")
+    (folder / "leaderboard.md").write_text(table_markdown(table, rows, cols, shown), encoding="utf-8")
     (folder / "zoo.csv").write_text(zoo_csv(zoo_rows(table)), encoding="utf-8")
     best = ours[0] if ours and ours[0].values.get("primary") is not None else None
     return folder, best

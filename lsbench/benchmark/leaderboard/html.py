@@ -19,6 +19,7 @@ from typing import Any
 from . import zoo
 from .columns import Column, format_cell
 from .paper import PAPER_NOTE, paper_tables
+from .plots import DPI, SIZE, Chart
 from .rows import MISSING, Row
 from .tables import Table
 from .zoo import zoo_rows
@@ -91,13 +92,16 @@ def _head_html(cols: list[Column]) -> str:
     return f"<thead><tr>{cells}</tr></thead>"
 
 
-def _plots_html(rows: list[Row]) -> str:
-    figures = [
-        f"<figure><img src=\"{esc(src)}\" alt=\"{esc(caption)}\" width=\"560\" height=\"320\">"
-        f"<figcaption>{esc(caption)}</figcaption></figure>"
-        for row in rows for src, caption in row.plots
+def _charts_html(shown: list[Chart]) -> str:
+    """The drawn charts as figures; one sentence for each chart with nothing to show."""
+    width, height = (round(inches * DPI) for inches in SIZE)
+    parts = [
+        f"<figure><img src=\"{esc(c.src)}\" alt=\"{esc(c.title)}\" width=\"{width}\" height=\"{height}\">"
+        f"<figcaption>{esc(c.caption)}</figcaption></figure>" if not c.missing
+        else f"<p class=\"notes\">{esc(c.missing)}</p>"
+        for c in shown
     ]
-    return "\n".join(figures) if figures else "<p class=\"notes\">No result has per-scale numbers.</p>"
+    return "\n".join(parts)
 
 
 def _paper_notes_html(table: Table) -> str:
@@ -132,8 +136,11 @@ def _zoo_html(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def table_html(table: Table, rows: list[Row], cols: list[Column]) -> str:
-    """The dataset page (click a header to sort; ``index.html?sort=<key>&dir=asc|desc`` sorts on load)."""
+def table_html(table: Table, rows: list[Row], cols: list[Column], shown: list[Chart]) -> str:
+    """The dataset page (click a header to sort; ``index.html?sort=<key>&dir=asc|desc`` sorts on load).
+
+    The board scrolls sideways in its own box (``#board-scroll``) with the model column kept in view;
+    ``shown`` are the table's charts (:func:`.plots.charts`)."""
     title = f"lsbench leaderboard: {table.name} / {table.split}"
     body_rows = "\n".join(_row_html(row, cols) for row in rows)
     body = (
@@ -142,9 +149,10 @@ def table_html(table: Table, rows: list[Row], cols: list[Column]) -> str:
         "<code>index.html?sort=KEY&amp;dir=asc|desc</code>). "
         "Acc, mIoU, std and per-scale numbers in %; InvE ×10⁻²; rows marked paper are the paper's reported "
         "numbers (see Paper reference below).</p>\n"
-        f"<table id=\"board\">{_head_html(cols)}\n<tbody>\n{body_rows}\n</tbody></table>\n"
+        f"<div class=\"scroll\" id=\"board-scroll\"><table id=\"board\">{_head_html(cols)}\n<tbody>\n{body_rows}\n"
+        "</tbody></table></div>\n"
         f"{_zoo_html(zoo_rows(table))}"
-        f"<h2>Per-scale plots</h2>\n{_plots_html(rows)}\n<h2>Paper reference</h2>\n{_paper_notes_html(table)}"
+        f"<h2>Charts</h2>\n{_charts_html(shown)}\n<h2>Paper reference</h2>\n{_paper_notes_html(table)}"
     )
     return page(title, body, static_text("leaderboard.js"))
 

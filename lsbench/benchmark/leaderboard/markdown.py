@@ -15,6 +15,7 @@ from urllib.parse import quote
 from . import zoo
 from .columns import Column, format_cell
 from .paper import PAPER_NOTE, paper_tables
+from .plots import Chart
 from .rows import Row
 from .tables import Table
 from .zoo import zoo_rows
@@ -26,8 +27,8 @@ def md_escape(value: Any) -> str:
     return re.sub(r"([\\|`*_\[\]])", r"\\\1", text)
 
 
-def table_markdown(table: Table, rows: list[Row], cols: list[Column]) -> str:
-    """The dataset's leaderboard as markdown."""
+def table_markdown(table: Table, rows: list[Row], cols: list[Column], shown: list[Chart]) -> str:
+    """The dataset's leaderboard as markdown; ``shown``: the table's charts (:func:`.plots.charts`)."""
     ds = table.dataset
     lines = [
         f"# lsbench leaderboard: {md_escape(table.name)} / {md_escape(table.split)}",
@@ -58,6 +59,9 @@ def table_markdown(table: Table, rows: list[Row], cols: list[Column]) -> str:
                   "| " + " | ".join(md_escape(c.title) for c in zoo.COLUMNS) + " |",
                   "|" + "|".join("---" if c.key in ("model", "input") else "---:" for c in zoo.COLUMNS) + "|"]
         lines += ["| " + " | ".join(md_escape(zoo.cell(row, c)) for c in zoo.COLUMNS) + " |" for row in zrows]
+    lines += ["", "## Charts"]  # the charts' titles and sentences are ours, no result's text
+    for c in shown:
+        lines += ["", f"![{c.title}]({c.src})" if not c.missing else c.missing]
     lines += ["", md_escape(PAPER_NOTE)]
     for pt in paper_tables(table):
         notes = " ".join(md_escape(note) for note in pt["notes"])

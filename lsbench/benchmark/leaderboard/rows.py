@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...dec_models.registry import ARCHS, METHODS
+from ...dec_models.archs import list_archs
+from ...dec_models.names import METHOD_NAMES
 from ..results import Result, one_line
 from .tables import LeaderboardError
 
@@ -46,7 +47,7 @@ class Row:
     scales: list[tuple[ScaleKey, str, Number, Number]] = field(default_factory=list)  # key, label, acc, p(correct)
     checkpoint: str = MISSING
     config: str = ""
-    plots: list[tuple[str, str]] = field(default_factory=list)  # (relative path, caption)
+    counts: dict[ScaleKey, int | None] = field(default_factory=dict)  # samples per bin (ours; the paper: none)
     n: int | None = None  # seeds averaged (study rows), None for a lone result and the paper's rows
     runs: list[tuple[int, Path, Path]] = field(default_factory=list)  # (seed, result file, run folder)
     links: list[tuple[int, str, str]] = field(default_factory=list)  # the same as hrefs from the table's page
@@ -75,7 +76,7 @@ def arch_method(model: dict[str, Any]) -> tuple[str, str]:
     for name in (config.get("name"), model.get("name")):
         if isinstance(name, str):
             a, _, m = name.partition("_")
-            if a in ARCHS and m in METHODS:
+            if a in list_archs() and m in METHOD_NAMES:
                 return a, m
     return MISSING, MISSING
 
@@ -102,9 +103,10 @@ def our_row(result: Result) -> Row:
         (scale_key(b["lo"], b["hi"]), b["label"], _pct(b.get("accuracy")), _pct(b.get("p_correct")))
         for b in metrics["per_scale"]
     ]
+    counts = {scale_key(b["lo"], b["hi"]): b.get("count") for b in metrics["per_scale"]}
     sha = model.get("checkpoint_sha256")
     return Row(
-        model=model["name"], method=method, arch=arch, source=result.rel, values=values, scales=scales,
+        model=model["name"], method=method, arch=arch, source=result.rel, values=values, scales=scales, counts=counts,
         checkpoint=sha[:12] if sha else MISSING, config=one_line(json.dumps(model["config"], sort_keys=True), 600),
     )
 
@@ -145,6 +147,7 @@ def seed_row(results: list[Result]) -> Row:
         (key, label, _mean([_bin(r, key, 2) for r in rows]), _mean([_bin(r, key, 3) for r in rows]))
         for key, label in sorted(bins.items())
     ]
+    row.counts = {key: sum(r.counts.get(key) or 0 for r in rows) for key in bins}  # samples over all seeds
     row.source = f"study {study['name']}, seed{'s' if row.n > 1 else ''} {', '.join(map(str, seeds))}"
     row.checkpoint = f"{row.n} run{'s' if row.n > 1 else ''}"
     row.runs = [(r.data["study"]["seed"], r.path, r.path.parent / r.data["study"]["run_dir"]) for r in members]
