@@ -14,6 +14,8 @@ launched here, in a process pool or on SLURM through ``submitit`` (:mod:`.launch
 """
 
 import importlib
+import sys
+import types
 
 # name → module, loaded on first use (PEP 562): `lsbench study --help` and the study config's parsing
 # need no torch, the planner and launcher do.
@@ -29,3 +31,24 @@ def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def _function(name: str) -> property:
+    """``launch``, ``estimate`` and ``report`` share their submodules' names: importing a submodule binds
+    it on the package, which would hide the function.  A property of the package's class wins over that
+    binding (the import system's ``setattr`` lands in the ignoring setter; the submodule stays in
+    ``sys.modules``)."""
+
+    def get(self):
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+    return property(get, lambda self, value: None)
+
+
+class _Package(types.ModuleType):
+    launch = _function("launch")
+    estimate = _function("estimate")
+    report = _function("report")
+
+
+sys.modules[__name__].__class__ = _Package
