@@ -13,18 +13,22 @@ need — so no command re-reads (or re-hashes) a manifest that may have changed 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import DatasetError, UnknownSplitError
+from .card import check_card
+from .errors import CorruptSampleError, DatasetError, ManifestError, UnknownSplitError
 from .shards import (
+    REBUILD,
     SHARD_RE,
     ShardRecord,
     ShardSpec,
@@ -34,7 +38,7 @@ from .shards import (
     iter_tar,
     to_torch,
 )
-from .util import TMP_MARK, sha256_file
+from .util import TMP_MARK, loads_json, sha256_file
 
 FORMAT = "lsbench-dataset"
 FORMAT_VERSION = 1
@@ -75,8 +79,42 @@ def split_entry(
     }
 
 
+SCHEMA_PATH = resources.files(__package__).joinpath("manifest.schema.json")
+REGENERATE = "regenerate the dataset (its generate command with --overwrite)"
+
+
+@functools.lru_cache(maxsize=1)
+def manifest_validator() -> Any:
+    """The JSON-Schema validator of the shipped ``manifest.schema.json`` (loaded once).  Its integers are
+    JSON integers only: ``10.0`` is a float to Python (``range(10.0)`` fails), so it is refused too."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine("integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
+    strict = jsonschema.validators.extend(base, type_checker=checker)
+    return strict(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+
+
+def check_manifest(manifest: Any, path: Path | str) -> None:
+    """One :class:`ManifestError` line naming ``path``, the JSON path of the first bad field and what to
+    do, if ``manifest`` does not follow the schema (every reader goes through :func:`open_dataset`)."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(manifest_validator().iter_errors(manifest))
+    if error is None:
+        return
+    if error.validator == "pattern" and "description" in error.schema:  # what the pattern means, not the regex
+        message = f"{error.instance!r} is not {error.schema['description']}"
+    elif error.validator == "propertyNames":
+        message = f"{error.instance!r} is not a split name (letters, digits and '_')"
+    else:
+        message = error.message
+    reason = " ".join(f"not a valid lsbench manifest at {error.json_path}: {message}".split())[:300]
+    raise ManifestError(f"{path}: {reason}; {REGENERATE}", reason)
+
+
 def _parse_manifest(directory: Path, name: str) -> tuple[dict[str, Any], str]:
-    """(manifest, sha256 of its bytes); :class:`DatasetError` with what to do otherwise."""
+    """(manifest, sha256 of its bytes); :class:`ManifestError` with what to do otherwise."""
     path = directory / name
     if not directory.is_dir():
         raise DatasetError(f"{directory} does not exist or is not a folder")
@@ -84,18 +122,33 @@ def _parse_manifest(directory: Path, name: str) -> tuple[dict[str, Any], str]:
         raise DatasetError(f"{directory} has no {name}: not an lsbench dataset (make one with `lsbench generate`)")
     data = path.read_bytes()
     try:
-        manifest = json.loads(data.decode())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON ({e}); regenerate the dataset") from e
+        manifest = loads_json(data.decode())
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, NaN/Infinity/1e999, not UTF-8
+        reason = f"not valid JSON ({e})"
+        raise ManifestError(f"{path} is {reason}; regenerate the dataset", reason) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DatasetError(f"{path} is not an lsbench dataset manifest")
+        raise ManifestError(f"{path} is not an lsbench dataset manifest", "not an lsbench dataset manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(
-            f"{path} has format version {manifest.get('format_version')}, this lsbench reads {FORMAT_VERSION}"
-        )
-    if not isinstance(manifest.get("splits"), dict):
-        raise DatasetError(f"{path} has no 'splits' table")
+        reason = f"format version {manifest.get('format_version')}, this lsbench reads {FORMAT_VERSION}"
+        raise ManifestError(f"{path} has {reason}", reason)
+    check_manifest(manifest, path)
     return manifest, hashlib.sha256(data).hexdigest()
+
+
+def shard_file(directory: Path, name: str) -> Path:
+    """The file of shard ``name`` in ``directory``, refused (:class:`DatasetError`) when it leads outside the
+    folder: a name with a separator or ``..``, an absolute one, or a symlink out (a dataset is one folder;
+    nothing an lsbench command reads or rewrites through a manifest lies elsewhere)."""
+    directory = Path(directory)
+    if not name or Path(name).name != name or name in (".", "..") or "\\" in name:
+        raise DatasetError(f"{directory}: shard name {name!r} leads outside the dataset folder; {REGENERATE}")
+    path = directory / name
+    if path.is_symlink() and not path.resolve().is_relative_to(directory.resolve()):
+        raise DatasetError(
+            f"{directory}: shard {name} is a symlink to {path.resolve()}, outside the dataset folder; "
+            "put the file itself in the folder"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -154,7 +207,7 @@ class Dataset:
 
     def shard_paths(self, split: str) -> list[Path]:
         """Shard files of ``split`` in order, as listed by the manifest."""
-        return [self.directory / s["name"] for s in self.split(split)["shards"]]
+        return [shard_file(self.directory, s["name"]) for s in self.split(split)["shards"]]
 
     def verify(self, split: str, *, skip_corrupt: bool = False, log=None) -> list[str]:
         """Check the split's shards against the manifest (size and sha256) before reading them.
@@ -164,7 +217,7 @@ class Dataset:
         """
         bad = []
         for rec in self.split(split)["shards"]:
-            path = self.directory / rec["name"]
+            path = shard_file(self.directory, rec["name"])
             if not path.is_file() or path.stat().st_size != rec["bytes"] or sha256_file(path) != rec["sha256"]:
                 bad.append(rec["name"])
         if bad and not skip_corrupt:
@@ -262,11 +315,14 @@ def read_split(directory: Path | Dataset, split: str, limit: int | None = None) 
     """Decoded samples of ``split`` in order (single process; for tools and tests)."""
     n = 0
     for path in _handle(directory).shard_paths(split):
-        for sample in iter_tar(path):
-            if limit is not None and n >= limit:
-                return
-            yield decode_sample(sample)
-            n += 1
+        try:
+            for sample in iter_tar(path):
+                if limit is not None and n >= limit:
+                    return
+                yield decode_sample(sample, path)
+                n += 1
+        except (tarfile.TarError, EOFError) as e:  # a damaged tar its manifest was rewritten over
+            raise CorruptSampleError(f"{path} is not a readable tar ({e}); {REBUILD}") from None
 
 
 
@@ -300,7 +356,11 @@ def validate(directory: Path, *, check_images: bool = True) -> list[str]:
         for rec in shards:
             name = rec.get("name", "?")
             listed.add(name)
-            path = directory / name
+            try:
+                path = shard_file(directory, name)
+            except DatasetError as e:
+                problems.append(f"{split}: {e}")
+                continue
             if not path.is_file():
                 problems.append(f"{split}: shard {name} is missing")
                 continue
@@ -334,4 +394,6 @@ def validate(directory: Path, *, check_images: bool = True) -> list[str]:
             problems.append(f"{path.name} is not listed in the manifest")
         elif TMP_MARK in path.name:
             problems.append(f"{path.name} is a leftover temporary file from an interrupted run")
+    if manifest.get("complete", False):
+        problems.extend(check_card(directory, manifest))
     return problems

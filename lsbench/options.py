@@ -10,12 +10,14 @@ same defaults and the same one-line errors::
         digits: int = option(3, help="Digits per image.", min=1, max=4)
 
 :func:`check_ranges` enforces ``min``/``max``/``choices`` with messages in the CLI's words
-(``--digits must be 1–4, got 7``); checks that involve several fields stay with the config.
+(``--digits must be 1–4, got 7``), and that every float is finite (``--lr must be a finite number, got
+nan``); checks that involve several fields stay with the config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -75,11 +77,32 @@ def range_text(meta: Mapping[str, Any]) -> str:
     return ""
 
 
+def non_finite(value: Any) -> float | None:
+    """The first NaN or infinite float in ``value`` (a number, or a tuple/list of them), else ``None``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    if isinstance(value, tuple | list):
+        return next((v for v in map(non_finite, value) if v is not None), None)
+    return None
+
+
+def check_finite(obj: Any) -> None:
+    """Raise :class:`ConfigError` for the first field of ``obj`` holding NaN or an infinity (``--lr nan``,
+    ``1e999``): no option of lsbench means anything with one, so every float field of every config is
+    checked, declared range or not."""
+    for field in dataclasses.fields(obj):
+        bad = non_finite(getattr(obj, field.name))
+        if bad is not None:
+            raise ConfigError(f"{flag(obj, field.name)} must be a finite number, got {bad}")
+
+
 def check_ranges(obj: Any, names: Sequence[str] | None = None) -> None:
     """Raise :class:`ConfigError` for the first field of ``obj`` outside its declared range.
 
     ``None`` values are not checked (they mean "the default"); tuples are checked element-wise.
+    Every field (whatever ``names`` says) must be finite (:func:`check_finite`).
     """
+    check_finite(obj)
     for field in dataclasses.fields(obj):
         if names is not None and field.name not in names:
             continue

@@ -1,4 +1,9 @@
-"""Contact sheets: a grid of samples with their label, per-object scales and boxes drawn on."""
+"""Contact sheets: a grid of samples with their label, per-object scales and boxes drawn on.
+
+The sheet is written like every lsbench file (:func:`lsbench.util.atomic_open`): complete under its
+name or absent, an earlier sheet intact, folders it made for it removed again when writing fails
+(an outside probe found a 0-byte PNG and a traceback after ``preview`` into a full disk).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from .dataset import open_dataset, read_split
-from .errors import DatasetError
+from .errors import ConfigError, DatasetError
+from .util import atomic_open, undo_new_folders
 
 BOX_COLOURS = ((230, 60, 60), (60, 200, 90), (70, 130, 240), (240, 190, 40), (200, 80, 220))
 
@@ -41,8 +47,18 @@ def _tile(sample: dict, width: int, font) -> Image.Image:
     return cell
 
 
+def image_format(out: Path) -> str:
+    """PIL's format for the file name ``out`` (``.png``, ``.jpg``, ...); an unknown suffix is one line."""
+    fmt = Image.registered_extensions().get(Path(out).suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ConfigError(f"--out {out}: name the image file with a suffix PIL can write, e.g. {Path(out).stem}.png")
+    return fmt
+
+
 def contact_sheet(directory: Path, out: Path, *, split: str | None = None, n: int = 16, width: int = 160) -> Path:
     """Write a PNG grid of the first ``n`` samples of ``split`` (default: test, else the first)."""
+    out = Path(out)
+    fmt = image_format(out)
     dataset = open_dataset(directory)
     if split is None:
         split = "test" if "test" in dataset.splits else next(iter(sorted(dataset.splits)), None)
@@ -60,9 +76,10 @@ def contact_sheet(directory: Path, out: Path, *, split: str | None = None, n: in
     sheet = Image.new("RGB", (cols * (width + gap) + gap, rows * (th + gap) + gap), (200, 200, 200))
     for i, t in enumerate(tiles):
         sheet.paste(t, (gap + (i % cols) * (width + gap), gap + (i // cols) * (th + gap)))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    with undo_new_folders(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(out, "wb") as f:
+            sheet.save(f, format=fmt)
     return out
 
 

@@ -23,12 +23,13 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from .errors import DatasetError
+from .errors import CorruptSampleError, DatasetError
 from .util import TMP_MARK, atomic_open
+
+if TYPE_CHECKING:  # numpy is imported where pixels are: `lsbench info`/`validate --no-images` start without it
+    import numpy as np
 
 IMAGE_KEYS = ("png", "jpg")
 OPTIONAL_KEYS = ("cls", "mask.png")
@@ -193,6 +194,8 @@ def encode_png(image: np.ndarray, level: int = 1) -> bytes:
     images of synthetic datasets it is 2–3× faster than PIL's encoder at ``compress_level=1``
     and about as small; any PNG decoder reads it.
     """
+    import numpy as np
+
     image = np.ascontiguousarray(image)
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"encode_png takes uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}")
@@ -216,30 +219,51 @@ def encode_png(image: np.ndarray, level: int = 1) -> bytes:
 
 def decode_image(data: bytes) -> np.ndarray:
     """PNG/JPEG bytes → ``(H, W)`` or ``(H, W, C)`` uint8 array."""
+    import numpy as np
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im)
 
 
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+_FIELDS = ("__key__", "json", *IMAGE_KEYS, *OPTIONAL_KEYS)
+REBUILD = "delete that shard and rerun its generate command to rebuild it"
+
+
+def decode_sample(sample: dict[str, Any], shard: str | Path | None = None) -> dict[str, Any]:
     """A raw webdataset sample (bytes per field) → decoded arrays plus metadata.
 
     Returns ``{"__key__", "image": (H, W[, C]) uint8, "meta": dict}`` plus ``"cls"`` (int) and
-    ``"mask"`` ((H, W) uint8) when present.  Works as a ``webdataset`` ``.map`` stage.
+    ``"mask"`` ((H, W) uint8) when present.  Works as a ``webdataset`` ``.map`` stage.  A sample that
+    breaks the schema (:func:`check_sample`: no image, metadata that is not a JSON object with
+    ``group``/``variant``/``reference``, a ``cls`` that is no integer) or whose image does not decode is
+    one :class:`~lsbench.errors.CorruptSampleError` line naming the shard (``shard``, else the sample's
+    ``__url__``) and the key — a shard's sha256 only proves it is the file the manifest lists, and a
+    manifest rewritten over a damaged shard lists it as it is.
     """
-    out: dict[str, Any] = {"__key__": sample["__key__"]}
-    for key in IMAGE_KEYS:
-        if key in sample:
-            out["image"] = decode_image(sample[key])
-            break
-    else:
-        raise DatasetError(f"sample {sample['__key__']} has no png/jpg image")
-    out["meta"] = json.loads(sample["json"])
+    key = sample.get("__key__", "?")
+
+    def corrupt(problem: str) -> CorruptSampleError:
+        where = shard if shard is not None else sample.get("__url__", "a shard")
+        text = " ".join(f"{where}: sample {problem}".split())
+        error = CorruptSampleError(f"{text}; {REBUILD}")
+        error.shard, error.key, error.problem = str(where), key, text  # for a reader that skips it
+        return error
+
+    problems, meta = check_sample({k: v for k, v in sample.items() if k in _FIELDS}, key, check_images=False)
+    if problems:
+        raise corrupt(problems[0])
+    def image(field: str) -> np.ndarray:
+        try:
+            return decode_image(sample[field])
+        except Exception as e:  # noqa: BLE001 - any decoder failure (PIL, zlib, truncation) is a corrupt image
+            raise corrupt(f"{key}: {field} does not decode ({type(e).__name__}: {str(e)[:120]})") from None
+
+    out: dict[str, Any] = {"__key__": key, "image": image(next(k for k in IMAGE_KEYS if k in sample)), "meta": meta}
     if "cls" in sample:
         out["cls"] = int(sample["cls"])
     if "mask.png" in sample:
-        out["mask"] = decode_image(sample["mask.png"])
+        out["mask"] = image("mask.png")
     for k in ("__url__", "__local_path__"):
         if k in sample:
             out[k] = sample[k]
@@ -248,6 +272,7 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
 
 def image_to_tensor(image: np.ndarray):
     """uint8 ``(H, W)`` / ``(H, W, C)`` array → float tensor ``(C, H, W)`` in ``[0, 1]``."""
+    import numpy as np
     import torch
 
     img = torch.from_numpy(np.array(image, copy=True))  # decoded arrays may be read-only
@@ -257,6 +282,7 @@ def image_to_tensor(image: np.ndarray):
 
 def to_torch(sample: dict[str, Any]) -> dict[str, Any]:
     """Decoded sample → ``image`` float tensor ``(C, H, W)`` in ``[0, 1]``, ``mask`` long ``(H, W)``."""
+    import numpy as np
     import torch
 
     out = dict(sample)

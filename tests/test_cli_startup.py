@@ -51,3 +51,29 @@ def test_commands_without_a_model_do_not_import_torch(folders, args):
     if args[0] == "leaderboard":  # it did build the site, from a real result
         assert "resnet_base" in (folders / "site" / "index.html").read_text()
         assert json.loads(next((folders / "results").glob("*.json")).read_text())["model"]["name"] == "resnet_base"
+
+
+MAIN_PROBE = """
+import sys
+sys.argv = ["lsbench", *sys.argv[1:]]
+from lsbench.cli import main
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+finally:
+    loaded = [m for m in ("numpy", "lsbench.generators.runner", "lsbench.benchmark.configs", "lsbench.study.config",
+                          "lsbench.cli.generate", "lsbench.cli.bench", "lsbench.cli.study") if m in sys.modules]
+    print("LOADED=" + ",".join(loaded), file=sys.stderr)
+"""
+
+
+def test_info_registers_only_its_own_commands(folders):
+    """The console script loads the command modules of the command given: ``lsbench info`` imports no
+    generator, trainer or study config, nor numpy (what its start-up time is made of)."""
+    proc = subprocess.run([sys.executable, "-c", MAIN_PROBE, "info", str(folders / "ds")],
+                          capture_output=True, text=True, timeout=300)
+    assert "mnist-ls-3digit" in proc.stdout, proc.stderr[-2000:]
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("LOADED=")] == ["LOADED="], proc.stderr[-2000:]
+    full = subprocess.run([sys.executable, "-c", MAIN_PROBE, "--help"], capture_output=True, text=True, timeout=300)
+    assert all(f" {name} " in full.stdout for name in ("generate", "info", "train", "study", "card")), full.stdout

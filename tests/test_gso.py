@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from card_checks import assert_cards_load
 from conftest import assert_user_error, generate_gso, read_json, shard_files
 
 from lsbench import dataset
@@ -324,6 +325,16 @@ def test_demo_dataset_is_valid_and_a_segmentation_set(demo_ds):
     assert info.task == "seg" and info.num_classes == 8
     images, masks, metas = next(iter(loader(info, "test", size=32, task="seg", batch_size=3, train=False)))
     assert images.shape == (3, 3, 32, 32) and masks.shape == (3, 32, 32) and int(masks.max()) <= 7
+
+
+@pytest.mark.slow
+def test_demo_cards_load_masks_in_croissant_and_hugging_face(demo_ds, tmp_path):
+    """A segmentation set's cards: mlcroissant and HF datasets read masks equal to lsbench's."""
+    card = read_json(demo_ds / "croissant.json")
+    assert {r["@id"] for r in card["recordSet"]} >= {"test_masks", "train_masks", "test_images"}
+    assert "https://opensource.org/licenses/Zlib" in card["license"]  # pybullet_data's meshes
+    assert "task_categories:\n  - image-segmentation" in (demo_ds / "README.md").read_text()
+    assert_cards_load(demo_ds, tmp_path)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from card_checks import assert_cards_load
 from conftest import assert_user_error, generate_imagenet, read_json, sha256, shard_files
 from PIL import Image
 
@@ -716,6 +717,14 @@ def demo_dataset(tmp_path_factory) -> Path:
     result = generate_imagenet(out, **DEMO)
     assert (result.shards_written, result.shards_reused, result.complete) == (6, 0, True)
     return out
+
+
+@pytest.mark.slow
+def test_demo_cards_name_the_photos_licences_and_load(demo_dataset, tmp_path):
+    card = read_json(demo_dataset / "croissant.json")
+    assert "https://creativecommons.org/publicdomain/zero/1.0/" in card["license"]
+    assert "Paste artefacts" in card["rai:dataLimitations"] and "--demo" in card["rai:dataPreprocessingProtocol"]
+    assert_cards_load(demo_dataset, tmp_path)
 
 
 def test_demo_dataset_is_valid(demo_dataset):

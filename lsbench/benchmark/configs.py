@@ -116,7 +116,8 @@ class EvaluateConfig:
     img_size: int | None = option(None, help="Input size (default: the model's).", min=1)
     eque_draws: int = option(4, help="Scalings Φ~Ω per image for EquE (segmentation).", min=0)
     eque_strength: float = option(0.25, help="Strength of Ω for EquE.", min=0)
-    skip_corrupt: bool = option(False, help="Skip corrupt shards (named in the output) instead of stopping.")
+    skip_corrupt: bool = option(False, help="Skip corrupt shards and samples instead of stopping (each named in a "
+                                "warning, also with -q, and in the result).")
     save_predictions: bool = option(False, help="Also write one record per sample (key, group, variant, scales, "
                                     "label, top-5, p(label)) beside the result: RESULT.predictions.jsonl.gz.")
     amp: bool = option(True, help="Mixed precision on CUDA (--no-amp: full float32).")

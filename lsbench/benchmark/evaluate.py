@@ -10,6 +10,7 @@ sha256), dataset (name, split, manifest sha256), metrics with per-scale tables, 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import resource
@@ -30,10 +31,10 @@ from ..dec_models import checkpoint as ckpt_io
 from ..dec_models.registry import count_parameters, create_model, get_arch, list_families, parse_name
 from ..errors import ConfigError
 from ..options import check_ranges
-from ..util import sha256_file
+from ..util import sha256_file, undo_new_folders, writable_folder
 from . import distributed
 from .configs import EvaluateConfig
-from .data import loader
+from .data import Skipped, loader
 from .metrics import Metrics, all_reduce_state, equivariance_errors
 from .predictions import SampleLog, gather, predictions_path, write_predictions
 from .preprocess import Preprocess, legacy
@@ -134,13 +135,35 @@ def _local_quota(shards: list[dict[str, Any]], skip: set[str], rank: int, world:
     return quota
 
 
+def _output_checked(fn):
+    """``evaluate`` checks that ``config.out`` can be written before it evaluates (a read-only disk is said
+    at once, not after the run), and removes the folders it created for it if it then fails."""
+
+    @functools.wraps(fn)
+    def wrapper(config: EvaluateConfig, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], Path | None]:
+        if config.out is None or int(os.environ.get("RANK", "0")) != 0:  # rank 0 writes
+            return fn(config, *args, **kwargs)
+        with undo_new_folders(Path(config.out)):
+            writable_folder(Path(config.out))
+            return fn(config, *args, **kwargs)
+
+    return wrapper
+
+
+@_output_checked
 def evaluate(
     config: EvaluateConfig,
     *,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], Path | None]:
-    """Evaluate and (on rank 0, if ``config.out`` is set) write the result JSON; returns (result, path)."""
+    """Evaluate and (on rank 0, if ``config.out`` is set) write the result JSON; returns (result, path).
+
+    ``warn`` (default: ``log``) hears what ``skip_corrupt`` leaves out — each corrupt shard and each corrupt
+    sample, as it is met — so a quiet command (no ``log``) still says it; the result lists them too
+    (``dataset.skipped``)."""
+    warn = warn or log
     check_ranges(config)
     model, data, checkpoint, split, out = config.model, config.data, config.checkpoint, config.split, config.out
     batch_size, limit, workers, img_size = config.batch_size, config.limit, config.workers, config.img_size
@@ -156,7 +179,14 @@ def evaluate(
         # On a CPU-only machine decoding workers compete with the model for the same cores
         # (measured: 0.89× of a raw forward loop with 2 workers on 2 cores, 0.94× with none).
         workers = min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0
-    corrupt = info.verify(split, skip_corrupt=config.skip_corrupt, log=log if rank == 0 else None)
+    corrupt = info.verify(split, skip_corrupt=config.skip_corrupt, log=warn if rank == 0 else None)
+    skipped_samples: list[str] = []
+
+    def skipped(s: Skipped) -> None:  # every rank meets its own shards' samples
+        skipped_samples.append(f"{Path(s.shard).name}:{s.key}")
+        if warn:
+            warn(f"skipping {s.problem}")
+
     built = build_model(name, info, checkpoint, img_size, log=log if rank == 0 else None)
     net, model_config, pre, init_from = built.net.to(device).eval(), built.config, built.preprocess, built.init_from
     size = pre.size
@@ -175,7 +205,7 @@ def evaluate(
         torch.cuda.reset_peak_memory_stats(device)
     loop_start = time.perf_counter()
     batches_iter = loader(info, split, size=size, batch_size=batch_size, train=False, workers=workers,
-                          skip=set(corrupt), preprocess=pre)
+                          skip=set(corrupt), preprocess=pre, skip_corrupt=config.skip_corrupt, on_skip=skipped)
     with torch.inference_mode():
         for x, y, metas in batches_iter:
             if seen >= total_local:
@@ -216,6 +246,7 @@ def evaluate(
                                                       dtype=torch.float64, device=device)})["counts"]
     computed = {**metrics.compute_from(state), **samples.compute(all_reduce_state({"s": samples.sums})["s"])}
     records = gather(samples.records) if config.save_predictions else []
+    left_out = sorted(corrupt) + sorted(gather(skipped_samples))  # shards, then SHARD:KEY samples
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -236,7 +267,7 @@ def evaluate(
         "dataset": {
             "name": info.name, "generator": info.generator, "directory": str(data.resolve()), "split": split,
             "manifest_sha256": info.sha256, "num_samples": int(images), "task": info.task,
-            "num_classes": info.num_classes,
+            "num_classes": info.num_classes, **({"skipped": left_out} if left_out else {}),
         },
         "metrics": computed,
         "efficiency": {
@@ -265,12 +296,19 @@ def evaluate(
     validate_result(result)
     path = None
     if out is not None and rank == 0:
+        new_file = None
         if config.save_predictions:  # the records first: a result never names a file that is not there
             file = predictions_path(Path(out) / result_filename(result))
             Path(out).mkdir(parents=True, exist_ok=True)
+            new_file = None if file.exists() else file
             write_predictions(file, records)
             result["predictions"]["file"] = file.name
-        path = write_result(result, out)
+        try:
+            path = write_result(result, out)
+        except BaseException:  # no predictions file of this run left without its result
+            if new_file is not None:
+                new_file.unlink(missing_ok=True)
+            raise
     return result, path
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ..util import safe_name, write_json_atomic
+from ..util import loads_json, safe_name, write_json_atomic
 
 SCHEMA_VERSION = 1  # the ``schema_version`` const of result.schema.json
 SCHEMA_PATH = resources.files(__package__).joinpath("result.schema.json")
@@ -90,12 +90,9 @@ def write_result(result: dict[str, Any], out_dir: Path | str) -> Path:
     return path
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not allowed")
-
-
 def read_json(path: Path) -> Any:
-    """Parse ``path`` as strict JSON (no NaN/Infinity); any problem is one :class:`ResultError` line."""
+    """Parse ``path`` as strict JSON (:func:`lsbench.util.loads_json`: no NaN/Infinity, no number that
+    overflows to infinity); any problem is one :class:`ResultError` line."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -103,7 +100,7 @@ def read_json(path: Path) -> Any:
     except OSError as e:
         raise ResultError(one_line(f"{path}: cannot read ({e.strerror or e})")) from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return loads_json(text)
     except json.JSONDecodeError as e:
         problem = f"{e.msg} at line {e.lineno} column {e.colno}"
         raise ResultError(one_line(f"{path}: not valid JSON ({problem}); fix or remove the file")) from None

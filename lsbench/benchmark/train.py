@@ -11,8 +11,10 @@ and the validation counts are summed over ranks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -33,8 +35,9 @@ from ..dec_models.methods import LEGACY
 from ..dec_models.methods import paper_defaults as method_defaults
 from ..dec_models.registry import LSModel, create_model, get_method, list_families, parse_name
 from ..errors import ConfigError
+from ..lock import lock_folder
 from ..options import check_ranges
-from ..util import sha256_file, write_json_atomic
+from ..util import atomic_open, os_error, sha256_file, undo_new_folders, writable_folder, write_json_atomic
 from . import distributed
 from .configs import TrainConfig
 from .data import loader
@@ -184,6 +187,58 @@ def accuracy(model: LSModel, dataset: Dataset, split: str, *, size: int, batch_s
     return {"accuracy": (correct / count.clamp_min(1)).item(), "count": count.item()}
 
 
+def _nothing_to_resume(out: Path) -> bool:
+    """``--resume`` of a run with no ``last.pt``: True when a run was started there (killed before its
+    first epoch ended; nothing was kept, so it starts over), an error when there is no run at all."""
+    if (out / "last.pt").is_file():
+        return False
+    if not any((out / name).is_file() for name in ("config.json", "log.jsonl")):
+        raise ConfigError(f"--resume: {out} holds no run to resume (last.pt not found); rerun without --resume")
+    return True
+
+
+def _log_until(path: Path, epoch: int | None) -> list[str]:
+    """The lines of ``log.jsonl`` a run continuing after ``epoch`` keeps (``None``, a fresh start: none).
+
+    A run killed mid-epoch had logged steps past its last checkpoint, which the resumed run logs again:
+    those go, and so does a line cut short by the kill."""
+    if epoch is None or not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= epoch:
+            kept.append(line + "\n")
+    return kept
+
+
+def _no_half_made_run(fn):
+    """``train`` leaves no run folder it created without a checkpoint in it: when it fails before its
+    first ``last.pt`` (a full disk, a corrupt sample, Ctrl-C in the first epoch), the folders it made go
+    again, with what it had written (config.json, log.jsonl; :func:`lsbench.util.undo_new_folders`).  A
+    folder that was there before is kept.  A write error without a file name (the log) names the run."""
+
+    @functools.wraps(fn)
+    def wrapper(cfg: TrainConfig, *args: Any, **kwargs: Any) -> TrainResult:
+        if int(os.environ.get("RANK", "0")) != 0:  # rank 0 makes the folder and cleans up
+            return fn(cfg, *args, **kwargs)
+        out = Path(cfg.out)
+        with undo_new_folders(out, contents=lambda: not (out / "last.pt").exists()):
+            writable_folder(out)  # a read-only disk or a path through a file is said before any work
+            try:
+                return fn(cfg, *args, **kwargs)
+            except OSError as e:
+                problem = os_error(e, out) if e.filename is None else e
+                if problem is e:
+                    raise
+                raise problem from e
+
+    return wrapper
+
+
 @dataclass
 class TrainResult:
     out: Path
@@ -193,9 +248,12 @@ class TrainResult:
     metrics: dict[str, float]
 
 
+@_no_half_made_run
 def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, int], None] | None = None,
           log: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume) and return where the checkpoints are; see the module docstring."""
+    restarted = resume and _nothing_to_resume(Path(cfg.out))
+    resume = resume and not restarted
     info = open_dataset(Path(cfg.data)).require_complete()
     source = checkpoint.read(Path(cfg.init_from)) if cfg.init_from and not resume else None
     cfg = resolve(cfg, info, source["model_config"] if source else None)
@@ -284,10 +342,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
         start_epoch = ckpt["epoch"] + 1
         best_acc = ckpt.get("best_accuracy", -1.0)
         metrics = ckpt.get("metrics", {})
+    # One run per folder: a second train into it stops here, with one line naming this one (released below).
+    lock = lock_folder(out, what="run folder", hint="choose another --out") if rank == 0 else None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         config = {"train": asdict(cfg), "model": asdict(model.config), "init_from": init, "preprocess": pre.to_dict()}
         write_json_atomic(out / "config.json", config)
+        if restarted and log:
+            log(f"{out} has no checkpoint yet (killed before its first epoch ended): training it from the start")
+        # Under the lock: the log keeps exactly what last.pt covers (nothing on a fresh start), so a run
+        # killed and resumed logs each step once, as the uninterrupted run does.
+        kept = _log_until(out / "log.jsonl", ckpt["epoch"] if ckpt else None)
+        with atomic_open(out / "log.jsonl", "w") as f:
+            f.writelines(kept)
     log_file = open(out / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed in finally
 
     total_steps = (cfg.epochs - start_epoch) * steps_per_epoch
@@ -341,6 +408,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
             if rank == 0:
                 log_file.write(json.dumps({"event": "epoch", **metrics}) + "\n")
                 log_file.flush()
+                os.fsync(log_file.fileno())  # on disk before the checkpoint that covers it (once an epoch)
                 state = {"train_config": asdict(cfg), "epoch": epoch, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                          "world_size": world, "metrics": metrics,
@@ -358,4 +426,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Callable[[int, in
     finally:
         if log_file:
             log_file.close()
+        if lock is not None:
+            lock.release()
     return TrainResult(out, best_path, last_path, cfg.epochs, metrics)

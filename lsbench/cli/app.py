@@ -1,7 +1,14 @@
 """The ``lsbench`` app: error handling, progress bars and the root command shared by every command.
 
 User mistakes surface as one ``error: ...`` line on stderr and a non-zero exit code (1; 130
-after Ctrl-C/SIGTERM), never a traceback.
+after Ctrl-C/SIGTERM; 2 for a bad option or argument), never a traceback.  That holds for every
+kind of message (an outside probe found three that were not one line): usage errors are one line
+instead of click's usage + boxed panel (:class:`LsbenchGroup`); an error whose text spans lines is
+joined into one; and the Python warnings a command raised are held back (:func:`_hold_warnings`) —
+shown, one line each, when it succeeds, dropped when it fails, since they are then the failing
+library call's own noise (torch warns "pickle protocol 4" just before refusing a checkpoint).
+``lsbench --verbose COMMAND`` shows them as Python prints them, and a failure's traceback and
+chained causes (e.g. torch's whole ``weights_only`` explanation) before its ``error:`` line.
 """
 
 from __future__ import annotations
@@ -9,6 +16,8 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+import traceback
+import warnings
 from contextlib import contextmanager
 
 import typer
@@ -24,11 +33,58 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import Interrupted, LsbenchError
+from ..util import os_error_line
+
+LIMIT = 2000  # characters of an error line: a longer (joined) text is cut, --verbose shows all of it
+# click's base of the errors it shows the user (typer vendors click, so found through a public class)
+CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class LsbenchGroup(TyperGroup):
+    """The root command: a usage error (bad option value, unknown option or command, missing argument)
+    is one ``error:`` line naming the command's ``--help`` (exit 2), not click's usage + boxed panel.
+
+    Every invocation comes through :meth:`main` (the console script and ``CliRunner`` alike): it runs
+    click's own ``main`` in non-standalone mode, so click hands the error over instead of printing it."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except CLICK_ERROR as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # the help is printed already (rich) or is the message
+                text = e.format_message().strip()
+                if text:
+                    console.print(text, markup=False, highlight=False)
+                sys.exit(e.exit_code)
+            if _state["verbose"]:
+                e.show()
+            err_console.print(Text("error: ", style="bold red") + Text(_usage_line(e)))
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err_console.print(Text("error: ", style="bold red") + Text("aborted"))
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_line(error: Exception) -> str:
+    """``Invalid value for '--digits': ...`` as one line, with where to look."""
+    text = " ".join(error.format_message().split()).rstrip(".")
+    if text[:1].isupper() and text[1:2].islower():
+        text = text[0].lower() + text[1:]
+    ctx = getattr(error, "ctx", None)
+    if ctx is not None and ctx.command.get_help_option(ctx) is not None:
+        text += f" (see `{ctx.command_path} {ctx.help_option_names[0]}`)"
+    return text
+
 
 app = typer.Typer(
+    cls=LsbenchGroup,
     help="lsbench: local-scale robustness for vision — datasets, models, metrics, leaderboard.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -43,8 +99,14 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # errors stay one line, whatever the terminal width
 
 
+_state = {"verbose": False, "held": None}  # set per invocation by the root callback
+
+
 def _fail(message: str, code: int = 1) -> None:
-    err_console.print(Text("error: ", style="bold red") + Text(message))
+    text = " ".join(str(message).split())  # one line, whatever the library put in it
+    if len(text) > LIMIT:
+        text = text[: LIMIT - 1] + "…" + ("" if _state["verbose"] else " (lsbench --verbose shows all)")
+    err_console.print(Text("error: ", style="bold red") + Text(text))
     raise typer.Exit(code)
 
 
@@ -58,25 +120,42 @@ def _one_line(error: BaseException) -> str:
     return text
 
 
+def _failing(error: BaseException) -> None:
+    """A command is failing with ``error``: drop the warnings it raised (see the module docstring),
+    or with ``--verbose`` print them and the traceback with its causes first."""
+    _state["held"] = None
+    if _state["verbose"]:
+        err_console.file.write("".join(traceback.format_exception(error)))
+        err_console.file.flush()
+
+
 def user_errors(fn):
-    """Turn library exceptions for user mistakes (and the environment's: disk, permissions, GPU
-    memory) into one line and an exit code."""
+    """Turn library exceptions for user mistakes (and the environment's: disk, permissions, the path's
+    shape, GPU memory) into one line and an exit code; anything else escapes as a bug."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Interrupted as e:
+            _failing(e)
             _fail(str(e), 130)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            _failing(e)
             _fail("interrupted", 130)
         except LsbenchError as e:
+            _failing(e)
             _fail(_one_line(e))
-        except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-            _fail(f"{e.strerror}: {e.filename}" if e.filename else str(e))
+        except OSError as e:  # raised outside lsbench's writers (a mkdir, a read): the same line as theirs
+            line = os_error_line(e)
+            if line is None:
+                raise
+            _failing(e)
+            _fail(line)
         except RuntimeError as e:
             torch = sys.modules.get("torch")  # only a command that imported torch can run out of GPU memory
             if torch is not None and isinstance(e, torch.cuda.OutOfMemoryError):
+                _failing(e)
                 _fail("the GPU ran out of memory; lower --batch-size (or --img-size)")
             raise
 
@@ -138,11 +217,39 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _hold_warnings(ctx: typer.Context) -> None:
+    """Hold the Python warnings of this invocation (one line each) until it ends: printed when the
+    command succeeds, dropped by :func:`_failing` when it fails; the previous hook comes back after."""
+    held: list[str] = []
+    _state["held"] = held
+    previous = warnings.showwarning
+
+    def hold(message, category, filename, lineno, file=None, line=None):
+        if _state["held"] is held:
+            text = " ".join(str(message).split())
+            held.append(f"{category.__name__}: {text[:LIMIT]}")
+
+    def release() -> None:
+        warnings.showwarning = previous
+        pending, _state["held"] = _state["held"], None
+        for text in pending or []:
+            err_console.print(Text("warning: ", style="yellow") + Text(text))
+
+    warnings.showwarning = hold
+    ctx.call_on_close(release)
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    verbose: bool = typer.Option(False, "--verbose", help="On an error, show its traceback and full text (and "
+                                 "Python's warnings as they come) before the one error line."),
 ) -> None:
     """lsbench: local-scale robustness for vision."""
+    _state["verbose"] = verbose
+    if not verbose:
+        _hold_warnings(ctx)
 
 
 def _sigterm(signum, frame):  # kill/SIGTERM behaves like Ctrl-C: finished shards are kept

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..benchmark.configs import EvaluateConfig, TrainConfig
-from .app import _log, app, console, progress_bar, user_errors
+from .app import _log, app, console, err_console, progress_bar, user_errors
 from .derive import Override, options_from
 
 
@@ -88,7 +89,7 @@ def evaluate(
 
     def run(c: EvaluateConfig):
         with progress_bar(f"evaluate {c.model}", quiet) as update:
-            result, path = run_evaluation(c, progress=update, log=_log(quiet))
+            result, path = run_evaluation(c, progress=update, log=_log(quiet), warn=_warn)
         if not quiet and path is not None:
             m = result["metrics"]
             parts = [f"{k} {m[k]:.4f}" for k in ("accuracy", "miou", "inve", "eque") if m.get(k) is not None]
@@ -106,6 +107,11 @@ def evaluate(
         counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped")}
         raise ConfigError(f"{len(failed)} of {len(outcomes)} models failed ({', '.join(o.model for o in failed)}); "
                           f"{counts['done']} evaluated, {counts['skipped']} skipped: see the lines above")
+
+
+def _warn(message: str) -> None:
+    """What --skip-corrupt leaves out is said even with -q: one line per corrupt shard or sample."""
+    err_console.print(Text("warning: ", style="bold yellow") + Text(message))
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Dataset commands: ``validate``, ``info``, ``preview``, ``merge-manifests``."""
+"""Dataset commands: ``validate``, ``info``, ``preview``, ``card``, ``merge-manifests``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,17 @@ def preview(
     from ..preview import contact_sheet
 
     console.print(f"wrote {contact_sheet(directory, out, split=split, n=n)}")
+
+
+@app.command()
+@user_errors
+def card(directory: Path = typer.Argument(..., help="Complete dataset folder.")) -> None:
+    """(Re)write the dataset's croissant.json (Croissant 1.1) and README.md datasheet from its manifest."""
+    from ..card import CROISSANT, DATASHEET
+    from ..generators.cards import write_dataset_card
+
+    write_dataset_card(directory)
+    console.print(f"wrote {directory / CROISSANT} and {directory / DATASHEET}")
 
 
 @app.command("merge-manifests")

@@ -28,8 +28,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from ..errors import LsbenchError
-from ..options import range_text
+from ..errors import ConfigError, LsbenchError
+from ..options import flag, non_finite, range_text
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,8 @@ def options_from(**overrides: type | Override):
                             value = parse(value)
                         except LsbenchError as e:  # malformed text is a usage error (exit 2), like a bad number
                             raise typer.BadParameter(str(e)) from None
+                    if non_finite(value) is not None:  # --lr nan, --strength inf, 1e999: never a setting
+                        raise ConfigError(f"{flag(cls, field_name)} must be a finite number, got {non_finite(value)}")
                     values[field_name] = value
                 kwargs[name] = values if flags else cls(**values)
             return fn(**kwargs)

@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from ..util import atomic_open
 from .methods import LEGACY
 from .registry import LSModel, config_dict, model_from_config
+from .weights import torch_load
 
 FORMAT = "lsbench-checkpoint"
 
@@ -45,12 +46,7 @@ def read(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} not found; pass the .pt file written by `lsbench train`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt, truncated or not a torch file
-        raise ConfigError(
-            f"cannot read checkpoint {path} ({type(e).__name__}); is it a complete lsbench .pt file?"
-        ) from e
+    ckpt = torch_load(path, "checkpoint")  # one line: corrupt, truncated, not a torch file, or code refused
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ConfigError(f"{path} is not an lsbench checkpoint (written by `lsbench train`)")
     if isinstance(ckpt.get("model_config"), dict):  # written before a field existed: the design it was made with

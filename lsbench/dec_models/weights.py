@@ -8,6 +8,8 @@ here — weights never come from the network — is easiest to audit in one smal
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +63,48 @@ def cached_weights(timm_name: str,
     )
 
 
+def load_problem(error: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in a few words (torch's own text is a
+    dozen lines on ``weights_only`` that end in a documentation link)."""
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global[^\w]+(?:\[)?([\w.]+)", text)
+    if "Weights only load failed" in text and found:
+        return (f"loading it would import Python code ({found.group(1)}), which lsbench refuses: weights are read "
+                "with weights_only=True, so only tensors and plain data load and nothing in a file runs")
+    if "Weights only load failed" in text or isinstance(error, EOFError) or "inline_container" in text:
+        return "it is not a complete torch file (empty, truncated, damaged, or pickled some other way)"
+    if "TorchScript" in text:
+        return "it is a TorchScript archive, not a checkpoint or a state dict"
+    first = " ".join(text.split("\n", 1)[0].split())[:200]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def torch_load(path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's warnings about the file (they
+    come just before a refusal); a failure is one :class:`ConfigError` line (:func:`load_problem`)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt, truncated, not a torch file, or refused by weights_only
+        raise ConfigError(f"cannot read {what} {path}: {load_problem(e)}") from e
+
+
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """A state dict from a ``.pth``/``.bin`` (``weights_only``) or ``.safetensors`` file, unwrapped from
     the usual ``state_dict``/``model``/``state_dict_ema`` keys; of an lsbench checkpoint, its plain
     backbone (without canonicalizers, :func:`.transfer.backbone_state`)."""
     if not path.is_file():
         raise ConfigError(f"pretrained checkpoint {path} not found; pass an existing file or --pretrained none")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any reader failure means an unusable file
-        raise ConfigError(f"cannot read pretrained checkpoint {path} ({type(e).__name__}: {e})") from e
+        except Exception as e:  # noqa: BLE001 - any reader failure means an unusable file
+            raise ConfigError(f"cannot read pretrained checkpoint {path}: {load_problem(e)}") from e
+    else:
+        state = torch_load(path, "pretrained checkpoint")
     from .checkpoint import FORMAT  # lazily: checkpoint imports the registry, which imports this module
 
     if isinstance(state, dict) and state.get("format") == FORMAT:

@@ -17,6 +17,7 @@ the rest, the same way for every generator:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import multiprocessing as mp
 import os
 import shutil
@@ -26,11 +27,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..card import CROISSANT, DATASHEET, is_datasheet
 from ..dataset import MANIFEST, new_manifest, read_manifest, split_entry
-from ..errors import ConfigError, DatasetError, Interrupted
+from ..errors import ConfigError, DatasetError, Interrupted, ManifestError
+from ..lock import LOCK_NAME, FolderLock, describe_holder, is_lock_file, lock_folder, rank_lock_name
 from ..options import check_ranges, option
+from ..processes import die_with_parent
 from ..shards import SHARD_RE, ShardRecord, ShardSpec, plan_shards, remove_stale_temporaries, write_shard
 from ..util import TMP_MARK, sha256_file, write_json_atomic
+from .cards import write_dataset_card
 
 MakeShard = Callable[[ShardSpec], Iterable[dict[str, Any]]]
 Progress = Callable[[int, int], None]  # (samples finished, samples total) for this process
@@ -114,9 +119,10 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def _clear(out: Path) -> None:
-    """Remove lsbench's own files (shards, manifests, temporaries) and nothing else."""
+    """Remove lsbench's own files (shards, manifests, cards, temporaries) and nothing else."""
     for p in out.iterdir():
-        if p.is_file() and (SHARD_RE.match(p.name) or p.name.startswith("manifest") or TMP_MARK in p.name):
+        if p.is_file() and (SHARD_RE.match(p.name) or p.name.startswith("manifest") or TMP_MARK in p.name
+                            or p.name == CROISSANT or (p.name == DATASHEET and is_datasheet(p))):
             p.unlink()
 
 
@@ -126,9 +132,10 @@ def _verified_records(out: Path, manifests: list[dict[str, Any]]) -> dict[str, S
     for manifest in manifests:
         for entry in manifest["splits"].values():
             for rec in entry.get("shards", []):
-                path = out / rec["name"]
+                path = out / rec["name"]  # a name the manifest schema allows: no separators
                 if (
-                    path.is_file()
+                    not path.is_symlink()  # a symlinked shard (perhaps out of the folder) is rewritten, not reused
+                    and path.is_file()
                     and path.stat().st_size == rec["bytes"]
                     and sha256_file(path) == rec["sha256"]
                 ):
@@ -140,6 +147,37 @@ def _produce(make_shard: MakeShard, out: Path, spec: ShardSpec) -> ShardRecord:
     return write_shard(out / spec.name, make_shard(spec))
 
 
+def output_lock(out: Path, run: RunOptions | None = None) -> FolderLock:
+    """Hold the dataset folder ``out`` (:mod:`lsbench.lock`): exclusively for a single-process build or a
+    merge (``run`` None); one rank of several holds its own lock and shares the folder's with the other ranks."""
+    rank, world = (0, 1) if run is None else (run.rank, run.world_size)
+    if rank is None or world is None:
+        rank, world = distributed_rank()
+    words = {"what": "dataset folder", "hint": "choose another --out"}
+    if world == 1:
+        return lock_folder(out, **words)
+    return lock_folder(out, name=rank_lock_name(rank, world), share=LOCK_NAME, **words)
+
+
+def _holding_output_lock(fn):
+    """``fn(out, ...)`` with :func:`output_lock` held throughout (an ``out`` that is a file is left to
+    ``fn`` to refuse)."""
+
+    @functools.wraps(fn)
+    def locked(out, *args, **kwargs):
+        if Path(out).exists() and not Path(out).is_dir():
+            return fn(out, *args, **kwargs)
+        run = kwargs.get("run")
+        with output_lock(Path(out), run) as lock:
+            if lock.previous and run is not None and run.log is not None:
+                run.log(f"took over the lock of a run that ended without releasing it "
+                        f"({describe_holder(lock.previous)})")
+            return fn(out, *args, **kwargs)
+
+    return locked
+
+
+@_holding_output_lock
 def build(
     out: Path,
     *,
@@ -168,16 +206,18 @@ def build(
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out} exists and is not a folder")
     existed = out.exists()
-    fresh = not existed or not any(out.iterdir())
+    fresh = not existed or not any(not is_lock_file(p.name) for p in out.iterdir())
     out.mkdir(parents=True, exist_ok=True)
 
     existing: list[dict[str, Any]] = []
     for path in _known_manifests(out):
         try:
             existing.append(read_manifest(out, path.name))
-        except DatasetError:
+        except ManifestError as e:
             if not overwrite:
-                raise DatasetError(f"{path} is unreadable; pass --overwrite to replace the dataset in {out}") from None
+                raise DatasetError(
+                    f"{path} is unreadable ({e.reason}); pass --overwrite to replace the dataset in {out}"
+                ) from None
     manifest = new_manifest(name, generator, config, seed)
     manifest["shard_size"] = shard_size
     different = [m for m in existing if _identity(m) != _identity(manifest)]
@@ -190,7 +230,7 @@ def build(
             f"{out} holds a different dataset (differs in: {', '.join(changed)}); "
             "pass --overwrite to replace it or choose another --out"
         )
-    if not existing and not overwrite and any(out.iterdir()):
+    if not existing and not overwrite and any(not is_lock_file(p.name) for p in out.iterdir()):
         raise DatasetError(f"{out} is not empty and is not an lsbench dataset; choose an empty or new --out folder")
     if overwrite:
         _clear(out)
@@ -223,6 +263,8 @@ def build(
         if complete and world_size == 1 and extra is not None:
             manifest.update(extra())
         write_json_atomic(manifest_path, manifest)
+        if complete and world_size == 1:
+            write_dataset_card(out, manifest)
 
     total = sum(s.count for s in mine)
     done = total - sum(s.count for s in todo)
@@ -255,7 +297,7 @@ def build(
         # leaves nothing behind in a folder this run created: the corrected command then starts
         # afresh instead of meeting a "different dataset".  Not with several ranks sharing the folder.
         if fresh and world_size == 1 and not records:
-            for child in list(out.iterdir()) if existed else [out]:
+            for child in [p for p in out.iterdir() if not is_lock_file(p.name)] if existed else [out]:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         raise
     complete = manifest["complete"] and world_size == 1  # a rank's part needs merge-manifests
@@ -265,7 +307,10 @@ def build(
 def _run_pool(make_shard: MakeShard, out: Path, todo: list[ShardSpec], workers: int, finished) -> None:
     ctx = mp.get_context("spawn")  # no inherited threads/locks (torch may be imported in the parent)
     n = min(workers, len(todo))
-    with cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+    # Workers die with this process (a SIGKILL leaves no orphans; see lsbench.processes): they are started
+    # from submit() below, in this thread, which outlives the pool.
+    with cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=die_with_parent,
+                                initargs=(os.getpid(),)) as pool:
         # Workers leave Ctrl-C to the parent, which stops handing out shards and lets the running
         # ones finish (each is atomic).  An ignored SIGINT survives exec and Python keeps it
         # ignored, so workers are started with it ignored (they are spawned by submit()).
@@ -291,6 +336,7 @@ def _run_pool(make_shard: MakeShard, out: Path, todo: list[ShardSpec], workers: 
             raise
 
 
+@_holding_output_lock
 def merge_manifests(out: Path) -> Path:
     """Join the partial manifests written by ``world_size`` ranks into ``manifest.json``.
 
@@ -327,6 +373,7 @@ def merge_manifests(out: Path) -> Path:
         )
     merged["complete"] = True
     write_json_atomic(out / MANIFEST, merged)
+    write_dataset_card(out, merged)
     for p in parts:
         p.unlink()
     return out / MANIFEST

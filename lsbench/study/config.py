@@ -34,7 +34,7 @@ from typing import Any
 from ..benchmark.configs import TrainConfig
 from ..dec_models.archs import SIZES, list_archs
 from ..errors import ConfigError
-from ..options import check_ranges, option
+from ..options import check_ranges, non_finite, option
 
 LAUNCHERS = ("local", "slurm")
 BUDGET_NAMES = ("cpu", "paper")
@@ -113,6 +113,8 @@ class StudyConfig:
             if key not in fields or key in STUDY_OWNED:
                 raise ConfigError(_unknown_train_key(key))
             out[key] = _typed(text.strip(), key)
+            if non_finite(out[key]) is not None:
+                raise ConfigError(f"[train] {key} must be a finite number, got {text.strip()}")
         return out
 
 
@@ -229,6 +231,8 @@ def _from_file(study: StudyFile) -> dict[str, Any]:
             for k, v in value.items():
                 if k not in {f.name for f in dataclasses.fields(TrainConfig)} or k in STUDY_OWNED:
                     raise ConfigError(f"{study.where(k, 'train')}: {_unknown_train_key(k)}")
+                if non_finite(v) is not None:
+                    raise ConfigError(f"{study.where(k, 'train')}: [train] {k} must be a finite number, got {v}")
                 items.append(f"{k}={'none' if v is None else v}")
             values["train"] = tuple(items)
             continue

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..lock import lock_folder
 from ..util import sha256_file, write_json_atomic
 
 Log = Callable[[str], None]
@@ -75,15 +77,20 @@ def execute(job: RunJob, *, log: Log | None = None, progress: Callable[[str], Pr
     say = log if rank == 0 else None
     done_path = folder / "done.json"
     if not done_path.is_file():
-        if rank == 0:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(folder / "run.json", job.record)
-        resume = (folder / "last.pt").is_file()
-        train(cfg, resume=resume, progress=progress("train") if progress and rank == 0 else None, log=say)
-        if rank == 0:
-            write_json_atomic(done_path, {"key": job.key, "weights_sha256": sha256_file(folder / "last.pt")})
-        if torch.distributed.is_initialized():  # the other ranks read done.json next
-            torch.distributed.barrier()
+        # One process trains a run (rank 0 holds its folder; train() takes the same lock again): another
+        # study process on this run stops with one line naming this one.
+        held = lock_folder(folder, what="study run folder", hint="use another study --out") if rank == 0 else None
+        with held or nullcontext():
+            if not done_path.is_file():  # not finished meanwhile by a process that held the folder before us
+                if rank == 0:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    write_json_atomic(folder / "run.json", job.record)
+                resume = (folder / "last.pt").is_file()
+                train(cfg, resume=resume, progress=progress("train") if progress and rank == 0 else None, log=say)
+                if rank == 0:
+                    write_json_atomic(done_path, {"key": job.key, "weights_sha256": sha256_file(folder / "last.pt")})
+            if torch.distributed.is_initialized():  # the other ranks read done.json next
+                torch.distributed.barrier()
     weights = folder / "last.pt"
     for split in job.splits:
         if _evaluated(job, split):

@@ -23,7 +23,6 @@ error line before anything starts.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from ..dataset import Dataset, open_dataset
 from ..dec_models.methods import get_method
 from ..dec_models.methods import paper_defaults as method_defaults
 from ..errors import ConfigError
-from ..util import dumps_json
+from ..util import dumps_json, loads_json
 from .config import BUDGETS, START_NONE, StudyConfig
 
 # TrainConfig fields that say where and how a run executes, not what it computes.
@@ -202,11 +201,14 @@ def run_record(plan: Plan, run: Run) -> dict[str, Any]:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        data = loads_json(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):  # no run there (a path through a file: said when writing)
         return None
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path} cannot be read ({e}); remove the run folder to redo the run") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} cannot be read (not a JSON object); remove the run folder to redo the run")
+    return data
 
 
 def _read_status(plan: Plan, run: Run) -> None:
@@ -225,6 +227,9 @@ def _read_status(plan: Plan, run: Run) -> None:
     done = _read_json(run.folder / "done.json")
     info = plan.datasets[run.dataset]
     if done is not None:
+        if not isinstance(done.get("weights_sha256"), str):
+            raise ConfigError(f"{run.folder / 'done.json'} records no weights_sha256; remove the run folder to redo "
+                              "the run")
         run.results = {s: result_path(plan.results_dir / run.dataset, run.model, done["weights_sha256"], info.name, s)
                        for s in run.splits}
         run.epochs_done = run.train.epochs
@@ -254,11 +259,11 @@ def epochs_logged(folder: Path) -> int:
     done = 0
     for line in lines:
         try:
-            record = json.loads(line)
+            record = loads_json(line)
         except ValueError:
             continue  # a line cut by a kill
-        if record.get("event") == "epoch":
-            done = max(done, int(record["epoch"]) + 1)
+        if isinstance(record, dict) and record.get("event") == "epoch" and isinstance(record.get("epoch"), int):
+            done = max(done, record["epoch"] + 1)
     return done
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..benchmark.results import read_result
+from ..lock import lock_folder
 from ..util import write_json_atomic
 from .plan import DONE, Plan, refresh
 
@@ -48,7 +49,8 @@ def report(plan: Plan) -> Path:
     """Write ``summary.json`` and the leaderboard site of the study's results; returns the site folder."""
     from ..benchmark.leaderboard import build
 
-    refresh(plan)  # the runs' statuses as they are now, not as planned
-    write_json_atomic(plan.out / "summary.json", summarize(plan))
-    build(plan.results_dir, plan.site)
+    with lock_folder(plan.out, what="study folder", hint="use another --out"):  # also the SLURM report job's
+        refresh(plan)  # the runs' statuses as they are now, not as planned
+        write_json_atomic(plan.out / "summary.json", summarize(plan))
+        build(plan.results_dir, plan.site)
     return plan.site

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...util import atomic_open
 from ..results import one_line
 from .columns import scale_columns
 from .rows import Number, Row, ScaleKey, finite
@@ -270,7 +271,8 @@ def draw_chart(chart: Chart, path: Path) -> None:
     ax.tick_params(labelsize=8)
     ax.grid(True, color="#ddd", linewidth=0.6)
     ax.set_axisbelow(True)
-    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    with atomic_open(path, "wb") as f:  # complete or absent, as every lsbench file
+        fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
 
 
 def clear_plots(plot_dir: Path) -> None:

@@ -23,7 +23,22 @@ Modules: :mod:`.config` (:class:`GsoConfig`, the options and their checks), :mod
 (the Blender renderer) and :mod:`.assets` (GSO folders, HDRIs, the embedded demo assets).
 """
 
-from .config import GsoConfig, check_config
-from .pipeline import choose_objects, generate, make_group, make_shard, split_hdris
+# Loaded on first use (PEP 562): importing the package for its config (the CLI's option
+# declarations) does not import the pipeline and what it needs (numpy, PIL, ...).
+_LAZY = {
+    **dict.fromkeys(["GsoConfig", "check_config"], ".config"),
+    **dict.fromkeys(["choose_objects", "generate", "make_group", "make_shard", "split_hdris"], ".pipeline"),
+}
 
-__all__ = ["GsoConfig", "check_config", "choose_objects", "generate", "make_group", "make_shard", "split_hdris"]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import re
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -253,13 +255,43 @@ def check_and_hash_object(asset: ObjectAsset, h: Any) -> None:
         raise DataError(f"GSO object {asset.id}: {where} is not a usable OBJ mesh (no vertices or no faces)")
     if not has_vt:
         raise DataError(f"GSO object {asset.id}: {where} has no texture coordinates (vt lines) to map its texture")
+    texture = io.BytesIO()
     with _open_member(asset, asset.texture) as f:
         head = f.read(8)
         h.update(head)
+        texture.write(head)
         while chunk := f.read(1 << 20):
             h.update(chunk)
+            texture.write(chunk)
     if not (head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8")):
         raise DataError(f"GSO object {asset.id}: texture {asset.texture} is not a PNG or JPEG image")
+    problem = _texture_problem(texture)
+    if problem:
+        raise DataError(f"GSO object {asset.id}: texture {asset.texture} {problem}; re-download the object")
+
+
+def _texture_problem(data: io.BytesIO) -> str | None:
+    """Why a PNG/JPEG texture cannot be decoded (None: it can), cheaply: the header within PIL's pixel
+    limit, then a PNG's chunk checksums (no inflating) or a JPEG decoded at 1/8 scale — Blender would
+    otherwise load a garbage body as no texture, and the object would render untextured."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(data) as im:
+                w, h = im.size
+                if im.format == "PNG":
+                    im.verify()
+                else:
+                    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                    im.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        return f"is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} px)"
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
+        detail = (str(e).splitlines() or ["corrupt"])[0]
+        return f"cannot be decoded ({type(e).__name__}: {detail})"
+    return None
 
 
 def assets_digest(objects: list[ObjectAsset], hdris: list[HdriAsset]) -> str:

@@ -15,9 +15,8 @@ from typing import Any, ClassVar
 
 from ...errors import ConfigError
 from ...options import check_ranges, option
-from . import scene as gso_scene
 from .assets import HdriAsset, ObjectAsset
-from .render import DEVICES, ENGINES, VIEW_TRANSFORM, RenderSettings
+from .settings import DEVICES, ENGINES, VIEW_TRANSFORM, RenderSettings
 
 OBJECTS_PER_IMAGE = 2
 MAX_CLASSES = 255  # masks are uint8
@@ -93,6 +92,8 @@ class GsoConfig:
 
     def identity(self) -> dict[str, Any]:
         """What the manifest records as the dataset's config (asset paths and threads are not)."""
+        from . import scene as gso_scene  # numpy: here, not when the CLI declares the options
+
         cfg: dict[str, Any] = {
             "size": self.size, "train": self.train, "test": self.test, "variants": self.variants,
             "scale_min": self.scale_min, "scale_max": self.scale_max, "engine": self.engine,

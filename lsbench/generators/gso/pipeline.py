@@ -21,7 +21,15 @@ from . import assets as gso_assets
 from . import scene as gso_scene
 from .assets import HdriAsset, ObjectAsset
 from .config import OBJECTS_PER_IMAGE, GsoConfig, check_config, check_object_count
-from .render import VIEW_TRANSFORM, WORLD_MAP_RESOLUTION, probe_device, projected_box, renderer, require_bpy
+from .render import (
+    VIEW_TRANSFORM,
+    WORLD_MAP_RESOLUTION,
+    check_hdris,
+    probe_device,
+    projected_box,
+    renderer,
+    require_bpy,
+)
 
 MAX_ATTEMPTS = 8  # scene redraws when an object ends up (nearly) invisible in some variant
 MIN_VISIBLE_FRAC = 0.001  # an object must cover at least this fraction of the image (and 12 px) in every variant
@@ -173,6 +181,8 @@ def generate(config: GsoConfig, out: Path, run: RunOptions | None = None) -> Bui
             parts.append(f"Blender's {len(all_hdris)} CC0 studio-light HDRIs (pass --hdri DIR for your own)")
         log("demo assets, offline: " + " and ".join(parts))
     digest = gso_assets.assets_digest(chosen, all_hdris)  # also checks every mesh and texture
+    if hdri_dir is not None:  # decoded as the renderer will (Blender's own studio lights are known good)
+        check_hdris(all_hdris)
     source = ("gso" if gso_dir is not None else "demo") + "+" + ("hdri" if hdri_dir is not None else "studiolights")
     n_shards = len(plan_shards("train", config.train, run.shard_size)) + len(
         plan_shards("test", config.test, run.shard_size, config.group_size))

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .opencv import import_cv2
-from .types import Box
-
-ANCHORS = ("centre", "bottom")
+from .types import ANCHORS, Box
 
 
 @dataclass(frozen=True)

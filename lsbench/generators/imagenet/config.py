@@ -16,9 +16,8 @@ from typing import Any, ClassVar
 
 from ...errors import ConfigError
 from ...options import check_ranges, option
-from .cache import file_fingerprint
-from .compose import ANCHORS
 from .stages import DETECTORS, INPAINTERS, SEGMENTERS
+from .types import ANCHORS
 
 PAPER_SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 IMAGE_FORMATS = ("jpg", "png")
@@ -144,6 +143,8 @@ class ImagenetConfig:
 
     def stage_settings(self) -> dict[str, Any]:
         """What a cached stage output depends on (besides the photo's bytes and class)."""
+        from .cache import file_fingerprint  # numpy: here, not when the CLI declares the options
+
         ckpts = {}
         for name in (self.detector, self.segmenter, self.inpainter):
             if name in CHECKPOINT_OPTIONS:

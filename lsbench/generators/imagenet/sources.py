@@ -18,10 +18,12 @@ same tree gives the same dataset.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -38,6 +40,8 @@ from .types import Box
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TEST_FRACTION = 0.2  # ImageFolder without train/val: share of each class that becomes test sources
 MIN_SIDE = 32  # photos smaller than this are rejected at load time
+MAX_PIXELS = 89_478_485  # PIL's own warning limit (~9459² px), far above any ImageNet photo; larger ones are rejected
+PROBE_DECODE_PIXELS = 4_000_000  # formats without a cheap partial decode (WebP, BMP, TIFF) are decoded up to this
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,60 @@ class PhotoError(Exception):
 # ---------------------------------------------------------------- photo decoding
 
 
+@contextlib.contextmanager
+def _decode_errors():
+    """PIL's many exception types for unusable files as one :class:`PhotoError` line."""
+    try:
+        yield
+    except PhotoError:
+        raise
+    except UnidentifiedImageError:
+        raise PhotoError("cannot decode (not an image format PIL can read)") from None
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise PhotoError(f"image too large to decode safely (over {limit / 1e6:.0f} megapixels)") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
+        detail = str(e).splitlines()[0] if str(e) else "corrupt"
+        raise PhotoError(f"cannot decode ({type(e).__name__}: {detail})") from None
+
+
+def _open(source) -> Image.Image:
+    """``Image.open`` (header only) refusing more than :data:`MAX_PIXELS` (PIL itself only warns, on stderr,
+    up to twice its limit, then decodes it: 0.3 GB per 100 MP photo in every worker)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(source)
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise PhotoError(f"image is {w}x{h} px, over the {MAX_PIXELS / 1e6:.0f}-megapixel limit")
+    if im.mode == "F":
+        im.close()
+        raise PhotoError(f"unsupported floating-point image ({im.format})")
+    return im
+
+
+def _fitted(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The size of a ``size`` photo once its longest side is at most ``max_side``."""
+    if max(size) <= max_side:
+        return size
+    ratio = max_side / max(size)
+    return max(1, round(size[0] * ratio)), max(1, round(size[1] * ratio))
+
+
+def _too_small(size: tuple[int, int]) -> PhotoError | None:
+    if min(size) < MIN_SIDE:  # checked after the downscale: a 2000x100 strip becomes 512x26
+        return PhotoError(f"photo is {size[0]}x{size[1]} px after decoding, smaller than {MIN_SIDE} px")
+    return None
+
+
+def _verify_png(data: bytes) -> None:
+    """A PNG's chunk checksums, without inflating it (0.3 ms for 500x375 px): a garbage body stops here."""
+    with _open(io.BytesIO(data)) as im:
+        if im.format == "PNG":
+            im.verify()
+
+
 def decode_photo(data: bytes, max_side: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode any photo PIL reads into ``(H, W, 3)`` uint8 RGB, longest side ≤ ``max_side``.
 
@@ -90,10 +148,11 @@ def decode_photo(data: bytes, max_side: int) -> tuple[np.ndarray, tuple[int, int
     ``.JPEG``); greyscale, palette, alpha, CMYK and 16-bit images are converted.  EXIF orientation
     is *not* applied: ILSVRC boxes and the usual ImageNet loaders (torchvision, timm) use the stored
     pixels, and so does lsbench.  Returns the image and the decoded photo's original ``(width, height)``.
-    Raises :class:`PhotoError` with a one-line reason.
+    Raises :class:`PhotoError` with a one-line reason (every photo :func:`probe_photo` rejects among them).
     """
-    try:
-        with Image.open(io.BytesIO(data)) as im:
+    with _decode_errors():
+        _verify_png(data)
+        with _open(io.BytesIO(data)) as im:
             im.load()
             size = im.size
             if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit greyscale: keep the top 8 bits
@@ -101,25 +160,38 @@ def decode_photo(data: bytes, max_side: int) -> tuple[np.ndarray, tuple[int, int
                 # "I;16*" is 16-bit by definition; PIL's 32-bit "I" holds 16-bit PNGs, or 8-bit data.
                 top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
                 im = Image.fromarray(np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
-            elif im.mode == "F":
-                raise PhotoError(f"unsupported floating-point image ({im.format})")
             rgb = im.convert("RGB")
-    except PhotoError:
-        raise
-    except UnidentifiedImageError:
-        raise PhotoError("cannot decode (not an image format PIL can read)") from None
-    except Image.DecompressionBombError as e:
-        raise PhotoError(f"image too large to decode safely ({e})") from None
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
-        detail = str(e).splitlines()[0] if str(e) else "corrupt"
-        raise PhotoError(f"cannot decode ({type(e).__name__}: {detail})") from None
     if max(rgb.size) > max_side:
-        ratio = max_side / max(rgb.size)
-        new = (max(1, round(rgb.size[0] * ratio)), max(1, round(rgb.size[1] * ratio)))
-        rgb = rgb.resize(new, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    if min(rgb.size) < MIN_SIDE:  # checked after the downscale: a 2000x100 strip becomes 512x26
-        raise PhotoError(f"photo is {rgb.size[0]}x{rgb.size[1]} px after decoding, smaller than {MIN_SIDE} px")
+        rgb = rgb.resize(_fitted(rgb.size, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    small = _too_small(rgb.size)
+    if small is not None:
+        raise small
     return np.asarray(rgb, dtype=np.uint8).copy(), size
+
+
+def probe_photo(photo: SourcePhoto, max_side: int) -> None:
+    """Check a source photo cheaply: its header (format, size, the pixel limit, the size once fitted to
+    ``max_side``) and a bounded decode — a JPEG at 1/8 scale (DCT scaling: the whole entropy-coded body
+    is read, so a truncated or garbled one fails as in a full decode), a PNG's chunk checksums, any
+    other format in full up to :data:`PROBE_DECODE_PIXELS`.  Raises the :class:`PhotoError`
+    :func:`decode_photo` would raise; passing is no promise (the decode or the stages may still reject it).
+    """
+    try:
+        f = open(photo.path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise PhotoError(f"cannot read ({e.strerror or e})") from None
+    with f, _decode_errors(), _open(f) as im:
+        small = _too_small(_fitted(im.size, max_side))
+        if small is not None:
+            raise small
+        w, h = im.size
+        if im.format == "PNG":
+            im.verify()
+        elif im.format == "JPEG":
+            im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+            im.load()
+        elif w * h <= PROBE_DECODE_PIXELS:
+            im.load()
 
 
 def read_photo_bytes(photo: SourcePhoto) -> bytes:

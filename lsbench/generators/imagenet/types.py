@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: the config (and the CLI's start) import these names without numpy
+    import numpy as np
 
 Box = tuple[float, float, float, float]
+
+
+ANCHORS = ("centre", "bottom")  # what an object is rescaled about: its box centre or bottom centre
 
 
 @dataclass(frozen=True)

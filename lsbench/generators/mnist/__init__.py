@@ -26,7 +26,22 @@ Every sample's randomness derives from ``(seed, split, group)``, so the dataset 
 whatever the worker count.
 """
 
-from .config import MnistConfig
-from .pipeline import generate, make_group, make_shard, render
+# Loaded on first use (PEP 562): importing the package for its config (the CLI's option
+# declarations) does not import the pipeline and what it needs (numpy, PIL, ...).
+_LAZY = {
+    **dict.fromkeys(["MnistConfig"], ".config"),
+    **dict.fromkeys(["generate", "make_group", "make_shard", "render"], ".pipeline"),
+}
 
-__all__ = ["MnistConfig", "generate", "make_group", "make_shard", "render"]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)
