@@ -347,3 +347,20 @@ class Registry(dict):
         if name not in self:
             raise ConfigError(f"unknown {self.kind} {name!r}; registered: {', '.join(self)}")
         return self[name]
+
+
+def lazy_exports(package: str, names: dict[str, str]):
+    """A package's ``__getattr__`` (PEP 562) that imports ``name`` from its submodule ``names[name]``
+    (e.g. ``".pipeline"``) on first use and keeps it: importing a generator package for its config
+    (the CLI's option declarations) does not import its pipeline and what that needs."""
+    import importlib
+    import sys
+
+    def __getattr__(name: str):
+        if name not in names:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(names[name], package), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    return __getattr__

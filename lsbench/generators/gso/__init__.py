@@ -23,22 +23,14 @@ Modules: :mod:`.config` (:class:`GsoConfig`, the options and their checks), :mod
 (the Blender renderer) and :mod:`.assets` (GSO folders, HDRIs, the embedded demo assets).
 """
 
-# Loaded on first use (PEP 562): importing the package for its config (the CLI's option
-# declarations) does not import the pipeline and what it needs (numpy, PIL, ...).
+from ...util import lazy_exports
+
+# Loaded on first use: importing the package for its config does not import the pipeline (numpy, PIL, ...).
 _LAZY = {
     **dict.fromkeys(["GsoConfig", "check_config"], ".config"),
     **dict.fromkeys(["choose_objects", "generate", "make_group", "make_shard", "split_hdris"], ".pipeline"),
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

@@ -18,22 +18,14 @@ detections, masks and the backend protocols), :mod:`.stages` (the backend regist
 :mod:`.compose` (the rescale-and-paste geometry) and :mod:`.cache` (the per-photo stage cache).
 """
 
-# Loaded on first use (PEP 562): importing the package for its config (the CLI's option
-# declarations) does not import the pipeline and what it needs (numpy, PIL, ...).
+from ...util import lazy_exports
+
+# Loaded on first use: importing the package for its config does not import the pipeline (numpy, PIL, ...).
 _LAZY = {
     **dict.fromkeys(["PAPER_SCALES", "ImagenetConfig", "check_config"], ".config"),
     **dict.fromkeys(["generate", "make_shard", "rejection_summary_line"], ".pipeline"),
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

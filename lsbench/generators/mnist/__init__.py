@@ -26,22 +26,14 @@ Every sample's randomness derives from ``(seed, split, group)``, so the dataset 
 whatever the worker count.
 """
 
-# Loaded on first use (PEP 562): importing the package for its config (the CLI's option
-# declarations) does not import the pipeline and what it needs (numpy, PIL, ...).
+from ...util import lazy_exports
+
+# Loaded on first use: importing the package for its config does not import the pipeline (numpy, PIL, ...).
 _LAZY = {
     **dict.fromkeys(["MnistConfig"], ".config"),
     **dict.fromkeys(["generate", "make_group", "make_shard", "render"], ".pipeline"),
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)
